@@ -1,0 +1,73 @@
+"""Multi-task teacher: a staged backbone with one head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ray_amalgam.models.backbones import StagedBackbone, create_backbone
+from ray_amalgam.models.heads import TaskHead
+from ray_amalgam.spec import BadInputError, TaskSpec, TeacherMeta
+
+
+class MultiTaskNet(nn.Module):
+    """Stem, blocks B1..BL, and a head per task on the output of BL."""
+
+    def __init__(self, backbone: StagedBackbone, tasks: Sequence[TaskSpec]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tasks = tuple(tasks)
+        self.heads = nn.ModuleDict({t.name: TaskHead(backbone.channels[-1], t) for t in tasks})
+
+    @property
+    def num_blocks(self) -> int:
+        return self.backbone.num_blocks
+
+    def heads_from(self, h: Tensor, after_block: int, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Logits of `tasks` (default all) from the output `h` of block `after_block` (1-based)."""
+        h = self.backbone.run_blocks(h, after_block, self.num_blocks)
+        names = self.heads.keys() if tasks is None else tasks
+        return {name: self.heads[name](h) for name in names}
+
+    def forward(self, x: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        return self.heads_from(self.backbone.stem(x), 0, tasks)
+
+    def forward_with_features(self, x: Tensor, tasks: Sequence[str] | None = None) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """Logits and the output of every block (index i holds block i+1)."""
+        h = self.backbone.stem(x)
+        features = []
+        for block in self.backbone.blocks:
+            h = block(h)
+            features.append(h)
+        names = self.heads.keys() if tasks is None else tasks
+        return {name: self.heads[name](h) for name in names}, features
+
+
+def build_teacher(meta: TeacherMeta) -> MultiTaskNet:
+    return MultiTaskNet(create_backbone(meta.backbone), meta.tasks)
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load weights that must match the architecture exactly; mismatches are bad input."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise BadInputError(f"{source}: weights do not match the architecture in its metadata ({detail})")
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise BadInputError(
+                f"{source}: weight '{name}' has shape {tuple(state[name].shape)}, expected {tuple(tensor.shape)}"
+            )
+    with torch.no_grad():
+        model.load_state_dict(dict(state), strict=True)
+
+
+def teacher_from_weights(meta: TeacherMeta, state: Mapping[str, Tensor], source: str) -> MultiTaskNet:
+    """Rebuild a teacher from its metadata and weights, in eval mode."""
+    model = build_teacher(meta)
+    load_state_strict(model, state, source)
+    return model.eval()

@@ -1,0 +1,56 @@
+"""Typed, validated configs: tasks, teachers, pools and jobs."""
+
+from ray_amalgam.spec.dataset import DATASET_FORMAT_VERSION, DatasetMeta
+from ray_amalgam.spec.errors import BadInputError
+from ray_amalgam.spec.job import (
+    BOTH,
+    ActorRange,
+    DataSpec,
+    HintSpec,
+    JobSpec,
+    ResourcesSpec,
+    ScheduleSpec,
+    StudentSpec,
+    TeacherRef,
+)
+from ray_amalgam.spec.loading import dump_spec_json, load_spec_text, parse_spec, validation_message
+from ray_amalgam.spec.student import STUDENT_FORMAT_VERSION, BranchSpec, StudentMeta
+from ray_amalgam.spec.tasks import TaskKind, TaskSpec
+from ray_amalgam.spec.teacher import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TEACHER_FORMAT_VERSION,
+    BackboneSpec,
+    TeacherMeta,
+    task_owners,
+)
+
+__all__ = [
+    "DATASET_FORMAT_VERSION",
+    "DatasetMeta",
+    "BOTH",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TEACHER_FORMAT_VERSION",
+    "ActorRange",
+    "BackboneSpec",
+    "BadInputError",
+    "BranchSpec",
+    "DataSpec",
+    "HintSpec",
+    "JobSpec",
+    "ResourcesSpec",
+    "STUDENT_FORMAT_VERSION",
+    "ScheduleSpec",
+    "StudentMeta",
+    "StudentSpec",
+    "TaskKind",
+    "TaskSpec",
+    "TeacherMeta",
+    "TeacherRef",
+    "dump_spec_json",
+    "load_spec_text",
+    "parse_spec",
+    "task_owners",
+    "validation_message",
+]

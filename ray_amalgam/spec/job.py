@@ -1,0 +1,108 @@
+"""The amalgamation job: which teachers, which tasks, which data, how to train, where to write."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BOTH = "both"
+"""`task_teachers` value: learn a shared task from every owner, per sample from the least ambiguous."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherRef(_Strict):
+    name: str
+    checkpoint: str
+
+
+class DataSpec(_Strict):
+    train: str
+    eval: str
+
+
+class StudentSpec(_Strict):
+    arch: str | None = None
+    """Registered architecture of the trunk; default: the first chosen teacher's."""
+    width: float = Field(0.5, ge=0.125, le=1.0)
+    branch_out: Literal["auto"] | dict[str, int] = "auto"
+    branch_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    train_earlier_blocks: bool = False
+
+
+class HintSpec(_Strict):
+    enabled: bool = False
+    keep_fraction: float = Field(0.25, gt=0.0, le=1.0)
+    weight: float = Field(1.0, ge=0.0)
+    calibration_samples: int = Field(64, ge=1)
+
+
+class ScheduleSpec(_Strict):
+    stage_epochs: int = Field(1, ge=1)
+    finetune_epochs: int = Field(1, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    temperature: float = Field(4.0, gt=0.0)
+    task_weights: dict[str, float] = {}
+    augment: bool = False
+    seed: int = 0
+
+
+class ActorRange(_Strict):
+    min: int = Field(1, ge=1)
+    max: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ActorRange:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class ResourcesSpec(_Strict):
+    num_workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    teacher_actors: ActorRange = ActorRange()
+    teacher_gpu_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    teacher_batch_size: int = Field(128, ge=1)
+
+
+class JobSpec(_Strict):
+    teachers: tuple[TeacherRef, ...] = Field(min_length=1)
+    tasks: tuple[str, ...] = Field(min_length=1)
+    task_teachers: dict[str, str] = {}
+    """For a task owned by several teachers: the teacher to learn it from, or `both`."""
+    data: DataSpec
+    student: StudentSpec = StudentSpec()
+    hint: HintSpec = HintSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    teacher_outputs: Literal["stream", "store"] = "store"
+    resources: ResourcesSpec = ResourcesSpec()
+    output: str
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks repeat: {list(tasks)}")
+        return tasks
+
+    @model_validator(mode="after")
+    def _references(self) -> JobSpec:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names repeat: {names}")
+        for task, teacher in self.task_teachers.items():
+            if teacher != BOTH and teacher not in names:
+                raise ValueError(f"task_teachers.{task}: '{teacher}' is not a teacher of this job; expected one of {names} or '{BOTH}'")
+        if isinstance(self.student.branch_out, dict):
+            for task in self.student.branch_out:
+                if task not in self.tasks:
+                    raise ValueError(f"student.branch_out names task '{task}' that is not in tasks {list(self.tasks)}")
+        if self.schedule.augment and self.teacher_outputs == "store":
+            raise ValueError("schedule.augment needs teacher_outputs: stream (stored targets cannot follow random augmentation)")
+        return self
