@@ -1,0 +1,1 @@
+"""The `ray-amalgam` command line."""

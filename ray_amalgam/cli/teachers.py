@@ -1,0 +1,102 @@
+"""`ray-amalgam teachers train | inspect`."""
+
+from __future__ import annotations
+
+import argparse
+
+from ray_amalgam.amalgamation.supervised import load_labelled, train_teacher
+from ray_amalgam.cli.console import console, print_json, print_table, progress_bar
+from ray_amalgam.cli.data import positive
+from ray_amalgam.io.checkpoints import load_teacher, save_teacher
+from ray_amalgam.models import list_backbones, teacher_from_weights
+from ray_amalgam.spec import BackboneSpec, BadInputError, TaskSpec
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    teachers = commands.add_parser("teachers", help="train and inspect teacher checkpoints", parents=[common])
+    sub = teachers.add_subparsers(dest="teachers_command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="supervised multi-task teacher training from label columns", parents=[common])
+    train.add_argument("--data", required=True, help="labelled dataset URL")
+    train.add_argument("--tasks", required=True, help="comma-separated task names, e.g. shape,color")
+    train.add_argument("--arch", default="resnet18", help=f"one of {', '.join(list_backbones())}")
+    train.add_argument("--width", type=float, default=0.5, help="channel width multiplier (0.125-1.0)")
+    train.add_argument("--small-input-stem", action="store_true", help="3x3 stride-1 stem, no max-pool (32-64 px images)")
+    train.add_argument("--epochs", type=positive, default=5)
+    train.add_argument("--batch-size", type=positive, default=64)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--holdout", type=float, default=0.2, help="fraction of rows held out to report accuracy")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, help="checkpoint directory URL")
+    train.set_defaults(handler=_train)
+
+    inspect = sub.add_parser("inspect", help="show architecture, tasks, blocks and parameters", parents=[common])
+    inspect.add_argument("url")
+    inspect.set_defaults(handler=_inspect)
+
+
+def backbone_from_args(args: argparse.Namespace) -> BackboneSpec:
+    if args.arch not in list_backbones():
+        raise BadInputError(f"--arch: unknown architecture '{args.arch}'; expected one of {list_backbones()}")
+    if not 0.125 <= args.width <= 1.0:
+        raise BadInputError(f"--width: expected a multiplier in 0.125..1.0, got {args.width}")
+    return BackboneSpec(arch=args.arch, width=args.width, small_input_stem=args.small_input_stem)
+
+
+def _train(args: argparse.Namespace) -> int:
+    backbone = backbone_from_args(args)
+    if not 0.0 < args.holdout < 1.0:
+        raise BadInputError(f"--holdout: expected a fraction between 0 and 1, got {args.holdout}")
+    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not task_names:
+        raise BadInputError("--tasks: expected at least one task name, e.g. --tasks shape,color")
+    data = load_labelled(args.data, task_names)
+    train_rows = int((1 - args.holdout) * len(data.ids))
+    with progress_bar(args.json) as progress:
+        bar = progress.add_task("train teacher", total=args.epochs * train_rows)
+
+        def on_step(epoch: int, rows_done: int, loss: float) -> None:
+            progress.update(bar, completed=min(epoch * train_rows + rows_done, args.epochs * train_rows),
+                            description=f"train teacher · epoch {epoch + 1}/{args.epochs} · loss {loss:.3f}")
+
+        result = train_teacher(data, backbone, args.epochs, args.batch_size, args.lr, args.holdout, args.seed, on_step)
+    save_teacher(args.out, result.model.state_dict(), result.meta)
+    summary = {"out": args.out, "arch": backbone.arch, "width": backbone.width, "tasks": task_names,
+               "epochs": args.epochs, "train_rows": result.train_rows, "holdout_rows": result.holdout_rows,
+               "accuracy": result.accuracy}
+    if args.json:
+        print_json(summary)
+    else:
+        print_table(f"held-out accuracy ({result.holdout_rows} rows)", ["task", "accuracy", "chance"],
+                    [[t.name, result.accuracy[t.name], _chance(t)] for t in data.tasks])
+        console.print(f"wrote teacher checkpoint to {args.out}")
+    return 0
+
+
+def _chance(task: TaskSpec) -> str:
+    return f"{1 / task.num_outputs:.3f}" if task.kind == "multiclass" else "per label"
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    meta, state = load_teacher(args.url)
+    model = teacher_from_weights(meta, state, args.url)
+    backbone = model.backbone
+    params = sum(p.numel() for p in model.parameters())
+    info = {
+        "url": args.url,
+        "arch": meta.backbone.arch,
+        "width": meta.backbone.width,
+        "small_input_stem": meta.backbone.small_input_stem,
+        "input_size": meta.input_size,
+        "blocks": [{"block": i + 1, "channels": c, "stride": s} for i, (c, s) in enumerate(zip(backbone.channels, backbone.strides))],
+        "tasks": [{"name": t.name, "kind": t.kind, "names": list(t.names)} for t in meta.tasks],
+        "params": params,
+    }
+    if args.json:
+        print_json(info)
+        return 0
+    console.print(f"[bold]{args.url}[/bold]: {meta.backbone.arch} x{meta.backbone.width}"
+                  f"{' small-input stem' if meta.backbone.small_input_stem else ''}, input {meta.input_size}px, {params:,} params")
+    print_table("blocks", ["block", "channels", "output stride"], [[b["block"], b["channels"], b["stride"]] for b in info["blocks"]])
+    print_table("tasks", ["task", "kind", "classes / labels"], [[t["name"], t["kind"], ", ".join(t["names"])] for t in info["tasks"]])
+    return 0

@@ -1,0 +1,61 @@
+"""Image bytes <-> uint8 RGB arrays <-> normalized tensors."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ray_amalgam.spec import BadInputError
+
+
+def encode_image(array: np.ndarray, format: str = "png") -> bytes:
+    """Encode an HxWx3 uint8 RGB array as PNG/JPEG bytes."""
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 array, got {array.dtype} {array.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="RGB").save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode image bytes to an HxWx3 uint8 RGB array; BadInputError if they are not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise BadInputError(f"not a decodable image ({len(data)} bytes: {str(error).splitlines()[0]})") from None
+
+
+def decode_batch(images: Sequence[bytes], where: str, first_row: int = 0) -> np.ndarray:
+    """Decode same-size images to (N, H, W, 3) uint8; errors name `where` and the row (`first_row` + index)."""
+    arrays = []
+    for index, data in enumerate(images):
+        row = first_row + index
+        try:
+            array = decode_image(data)
+        except BadInputError as error:
+            raise BadInputError(f"{where} row {row}: {error}") from None
+        if arrays and array.shape != arrays[0].shape:
+            height, width = arrays[0].shape[:2]
+            raise BadInputError(
+                f"{where} row {row}: image is {array.shape[1]}x{array.shape[0]}, "
+                f"expected {width}x{height} like row {first_row}; all images must have one size"
+            )
+        arrays.append(array)
+    if not arrays:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    return np.stack(arrays)
+
+
+def to_tensor(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, scaled to [0, 1] then normalized per channel."""
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+        raise ValueError(f"expected an (N, H, W, 3) uint8 array, got {batch.dtype} {batch.shape}")
+    tensor = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return tensor.sub_(mean_t).div_(std_t)

@@ -1,0 +1,397 @@
+"""Datasets as Parquet shards on any fsspec URL.
+
+Layout: `<url>/dataset.json` (DatasetMeta) and `<url>/part-00000.parquet`, ... with columns
+`id` (string), `image` (PNG/JPEG bytes) and optional label columns named after tasks:
+multiclass -> int64 class index, multilabel -> list<int8> of 0/1 in the task's label order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ray_amalgam.io.fs import atomic_directory, exists, join, resolve, write_bytes
+from ray_amalgam.io.images import decode_batch
+from ray_amalgam.io.metafile import load_versioned
+from ray_amalgam.spec import DATASET_FORMAT_VERSION, BadInputError, DatasetMeta, TaskSpec, dump_spec_json
+
+DATASET_META = "dataset.json"
+ID = "id"
+IMAGE = "image"
+_SHARD_GLOB = "part-*.parquet"
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def label_type(task: TaskSpec) -> pa.DataType:
+    """The Arrow type of a task's label column."""
+    return pa.int64() if task.kind == "multiclass" else pa.list_(pa.int8())
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_class_indices(where: str, values: np.ndarray, task: TaskSpec, first_row: int) -> None:
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise BadInputError(f"{where}: column '{task.name}': expected integer class indices, got {values.dtype}")
+    bad = (values < 0) | (values >= task.num_outputs)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise BadInputError(
+            f"{where} row {first_row + i}: column '{task.name}': class index {values[i]} is out of range 0..{task.num_outputs - 1}"
+        )
+
+
+def _check_label_lengths(where: str, lengths: np.ndarray, task: TaskSpec, first_row: int) -> None:
+    bad = lengths != task.num_outputs
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise BadInputError(
+            f"{where} row {first_row + i}: column '{task.name}': expected {task.num_outputs} 0/1 values "
+            f"({', '.join(task.labels)}), got {lengths[i]}"
+        )
+
+
+def _check_label_bits(where: str, matrix: np.ndarray, task: TaskSpec, first_row: int) -> None:
+    if matrix.size and not (np.issubdtype(matrix.dtype, np.integer) or matrix.dtype == np.bool_):
+        raise BadInputError(f"{where}: column '{task.name}': expected 0/1 integers, got {matrix.dtype}")
+    bad = ((matrix != 0) & (matrix != 1)).any(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise BadInputError(f"{where} row {first_row + i}: column '{task.name}': expected only 0/1 values, got {matrix[i].tolist()}")
+
+
+def _label_array(where: str, task: TaskSpec, values: Sequence[Any], first_row: int) -> pa.Array:
+    """Validate one batch of a label column and convert it to its Arrow type."""
+    if task.kind == "multiclass":
+        indices = np.asarray(values)
+        _check_class_indices(where, indices, task, first_row)
+        return pa.array(indices.astype(np.int64), type=pa.int64())
+    _check_label_lengths(where, np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values)), task, first_row)
+    matrix = np.asarray(values).reshape(len(values), task.num_outputs)
+    _check_label_bits(where, matrix, task, first_row)
+    offsets = pa.array(np.arange(0, matrix.size + 1, task.num_outputs, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.astype(np.int8).ravel()))
+
+
+class ShardWriter:
+    """Stream rows into `num_shards` Parquet shards, committed atomically with `dataset.json` on exit.
+
+    Rows go to shards in contiguous chunks when `num_rows` is known up front (shard order = row
+    order), otherwise round-robin. At most `rows_per_group` rows per shard are buffered.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        meta: DatasetMeta,
+        num_shards: int,
+        rows_per_group: int = 1024,
+        num_rows: int | None = None,
+    ) -> None:
+        if num_shards < 1:
+            raise BadInputError(f"{url}: number of shards must be at least 1, got {num_shards}")
+        if rows_per_group < 1:
+            raise ValueError(f"rows_per_group must be at least 1, got {rows_per_group}")
+        self.url = url
+        self.meta = meta
+        self.num_shards = num_shards
+        self.rows_per_group = rows_per_group
+        self.num_rows = num_rows
+        self.rows_written = 0
+        self._schema: pa.Schema | None = None
+        self._pending: dict[int, list[pa.Table]] = {}
+        self._writers: dict[int, pq.ParquetWriter] = {}
+        self._directory = atomic_directory(url)
+        self._tmp_url = ""
+
+    def __enter__(self) -> ShardWriter:
+        self._tmp_url = self._directory.__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException as error:
+                self._abort(type(error), error, error.__traceback__)
+                raise
+            self._directory.__exit__(None, None, None)
+        else:
+            self._abort(exc_type, exc, tb)
+
+    def write(self, rows: dict[str, Sequence[Any]]) -> None:
+        """Append a batch given as column name -> values (same length for every column)."""
+        if not self._tmp_url:
+            raise RuntimeError("ShardWriter.write needs an open `with ShardWriter(...)` block")
+        table = self._to_table(rows)
+        if table.num_rows == 0:
+            return
+        shard_ids = self._shard_ids(table.num_rows)
+        for shard in np.unique(shard_ids).tolist():
+            self._pending.setdefault(shard, []).append(table.take(np.flatnonzero(shard_ids == shard)))
+            self._flush(shard, final=False)
+        self.rows_written += table.num_rows
+
+    def _shard_ids(self, count: int) -> np.ndarray:
+        index = self.rows_written + np.arange(count)
+        if self.num_rows is None:
+            return index % self.num_shards
+        if index[-1] >= self.num_rows:
+            raise ValueError(f"{self.url}: more rows written than the {self.num_rows} declared")
+        bounds = np.arange(self.num_shards + 1) * self.num_rows // self.num_shards
+        return np.searchsorted(bounds, index, side="right") - 1
+
+    def _columns_schema(self, columns: Sequence[str]) -> pa.Schema:
+        tasks = {t.name: t for t in self.meta.tasks}
+        missing = [c for c in (ID, IMAGE) if c not in columns]
+        unknown = [c for c in columns if c not in (ID, IMAGE) and c not in tasks]
+        if missing or unknown:
+            raise BadInputError(
+                f"{self.url}: rows must have columns 'id', 'image' and label columns named after the dataset's tasks "
+                f"{list(tasks)}; missing {missing}, unknown {unknown}"
+            )
+        fields = [pa.field(ID, pa.string()), pa.field(IMAGE, pa.binary())]
+        fields += [pa.field(t.name, label_type(t)) for t in self.meta.tasks if t.name in columns]
+        return pa.schema(fields)
+
+    def _to_table(self, rows: dict[str, Sequence[Any]]) -> pa.Table:
+        if self._schema is None:
+            self._schema = self._columns_schema(list(rows))
+        elif set(rows) != set(self._schema.names):
+            raise BadInputError(f"{self.url}: every batch needs the columns {self._schema.names}, got {list(rows)}")
+        lengths = {name: len(values) for name, values in rows.items()}
+        if len(set(lengths.values())) > 1:
+            raise BadInputError(f"{self.url}: columns of one batch differ in length: {lengths}")
+        arrays = []
+        for field in self._schema:
+            if field.name in (ID, IMAGE):
+                try:
+                    arrays.append(pa.array(rows[field.name], type=field.type))
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+                    raise BadInputError(f"{self.url}: column '{field.name}': expected {field.type} values ({_first_line(error)})") from None
+            else:
+                arrays.append(_label_array(self.url, self.meta.task(field.name), rows[field.name], self.rows_written))
+        return pa.Table.from_arrays(arrays, schema=self._schema)
+
+    def _writer(self, shard: int) -> pq.ParquetWriter:
+        if shard not in self._writers:
+            fs, path = resolve(join(self._tmp_url, shard_name(shard)))
+            self._writers[shard] = pq.ParquetWriter(path, self._schema, filesystem=fs, use_dictionary=False)
+        return self._writers[shard]
+
+    def _flush(self, shard: int, final: bool) -> None:
+        """Write whole row groups of the buffered rows (all of them when `final`)."""
+        if not self._pending.get(shard):
+            return
+        pending = pa.concat_tables(self._pending[shard])
+        ready = pending.num_rows if final else pending.num_rows // self.rows_per_group * self.rows_per_group
+        if ready:
+            self._writer(shard).write_table(pending.slice(0, ready), row_group_size=self.rows_per_group)
+        self._pending[shard] = [pending.slice(ready)] if ready < pending.num_rows else []
+
+    def _finish(self) -> None:
+        if self.num_rows is not None and self.rows_written != self.num_rows:
+            raise ValueError(f"{self.url}: {self.rows_written} rows written but {self.num_rows} declared")
+        if self._schema is None:
+            self._schema = self._columns_schema([ID, IMAGE, *(t.name for t in self.meta.tasks)])
+        for shard in range(self.num_shards):
+            self._flush(shard, final=True)
+            self._writer(shard).close()
+        self._writers.clear()
+        meta = self.meta.model_copy(update={"num_rows": self.rows_written})
+        # Metadata last: on object stores its presence marks a complete dataset.
+        write_bytes(join(self._tmp_url, DATASET_META), dump_spec_json(meta).encode("utf-8"))
+
+    def _abort(self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        for writer in self._writers.values():
+            with contextlib.suppress(Exception):
+                writer.close()
+        self._writers.clear()
+        self._directory.__exit__(exc_type, exc, tb)
+
+
+def read_dataset_meta(url: str) -> DatasetMeta:
+    """`<url>/dataset.json`, validated; BadInputError naming the file if missing or invalid."""
+    meta_url = join(url, DATASET_META)
+    if not exists(meta_url):
+        raise BadInputError(
+            f"{meta_url}: not found; expected a dataset directory with dataset.json and part-*.parquet shards "
+            "(made by `ray-amalgam data synth` or `data pack`)"
+        )
+    return load_versioned(DatasetMeta, meta_url, DATASET_FORMAT_VERSION)
+
+
+def list_shards(url: str) -> list[str]:
+    """Shard URLs of a dataset, in order; BadInputError if there are none."""
+    fs, path = resolve(url)
+    names = sorted(posixpath.basename(p) for p in fs.glob(posixpath.join(path, _SHARD_GLOB)))
+    if not names:
+        raise BadInputError(f"{url}: no {_SHARD_GLOB} shards found; expected a dataset directory")
+    return [join(url, name) for name in names]
+
+
+@contextlib.contextmanager
+def _open_shard(shard_url: str, columns: Sequence[str] | None) -> Iterator[pq.ParquetFile]:
+    """An open shard whose schema holds `columns`; Arrow/IO failures while it is used name the shard."""
+    fs, path = resolve(shard_url)
+    try:
+        handle = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise BadInputError(f"{shard_url}: shard not found") from None
+    with handle:
+        try:
+            shard = pq.ParquetFile(handle)
+        except (pa.ArrowException, OSError) as error:
+            raise BadInputError(f"{shard_url}: not a readable Parquet file ({_first_line(error)})") from None
+        names = shard.schema_arrow.names
+        for column in columns or ():
+            if column not in names:
+                raise BadInputError(f"{shard_url}: no column '{column}'; the shard has columns {names}")
+        try:
+            yield shard
+        except (pa.ArrowException, OSError) as error:
+            raise BadInputError(f"{shard_url}: corrupt Parquet data ({_first_line(error)})") from None
+
+
+def read_shard(shard_url: str, columns: list[str] | None = None) -> pa.Table:
+    """One whole shard, only `columns` if given."""
+    with _open_shard(shard_url, columns) as shard:
+        return shard.read(columns=columns)
+
+
+def iter_batches(url: str, columns: list[str] | None = None, batch_size: int = 256) -> Iterator[pa.Table]:
+    """Tables of `batch_size` rows (the last may be shorter) over all shards in order, streaming."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    schema: pa.Schema | None = None
+    first_shard = ""
+    for shard_url in list_shards(url):
+        with _open_shard(shard_url, columns) as shard:
+            shard_schema = shard.schema_arrow if columns is None else pa.schema([shard.schema_arrow.field(c) for c in columns])
+            if schema is None:
+                schema, first_shard = shard_schema, shard_url
+            elif not shard_schema.equals(schema):
+                raise BadInputError(f"{shard_url}: columns {shard_schema} differ from those of {first_shard} ({schema})".replace("\n", "; "))
+            for batch in shard.iter_batches(batch_size=batch_size, columns=columns):
+                pending.append(batch)
+                count += batch.num_rows
+                while count >= batch_size:
+                    table = pa.Table.from_batches(pending, schema=schema)
+                    yield table.slice(0, batch_size)
+                    rest = table.slice(batch_size)
+                    pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending, schema=schema)
+
+
+def _task_summary(task: TaskSpec) -> dict[str, Any]:
+    return {"name": task.name, "kind": task.kind, "names": list(task.names)}
+
+
+def inspect_dataset(url: str) -> dict[str, Any]:
+    """What `ray-amalgam data inspect` shows: shards, rows, columns, image size, tasks."""
+    meta = read_dataset_meta(url)
+    shards = list_shards(url)
+    rows = 0
+    columns: dict[str, str] = {}
+    image_size: list[int] | None = None
+    for shard_url in shards:
+        with _open_shard(shard_url, [IMAGE]) as shard:
+            rows += shard.metadata.num_rows
+            columns = columns or {field.name: str(field.type) for field in shard.schema_arrow}
+            if image_size is None and shard.metadata.num_rows:
+                first = next(shard.iter_batches(batch_size=1, columns=[IMAGE]))
+                height, width = decode_batch(first.column(0).to_pylist(), shard_url).shape[1:3]
+                image_size = [height, width]
+    return {
+        "url": url,
+        "shards": len(shards),
+        "rows": rows,
+        "declared_rows": meta.num_rows,
+        "columns": columns,
+        "image_size": image_size,
+        "declared_image_size": meta.image_size,
+        "tasks": [_task_summary(t) for t in meta.tasks],
+        "source": meta.source,
+    }
+
+
+def _check_schema(shard_url: str, schema: pa.Schema, meta: DatasetMeta) -> list[TaskSpec]:
+    """Check id/image/label column types; return the tasks whose labels the shard carries."""
+    def expect(ok: bool, column: str, expected: str) -> None:
+        if not ok:
+            raise BadInputError(f"{shard_url}: column '{column}' is {schema.field(column).type}, expected {expected}")
+
+    expect(pa.types.is_string(schema.field(ID).type) or pa.types.is_large_string(schema.field(ID).type), ID, "string")
+    image_type = schema.field(IMAGE).type
+    expect(pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type), IMAGE, "binary image bytes")
+    carried = [t for t in meta.tasks if t.name in schema.names]
+    for task in carried:
+        kind = schema.field(task.name).type
+        if task.kind == "multiclass":
+            expect(pa.types.is_integer(kind), task.name, "integer class indices (multiclass)")
+        else:
+            is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+            expect(is_list and (pa.types.is_integer(kind.value_type) or pa.types.is_boolean(kind.value_type)),
+                   task.name, "list of 0/1 integers (multilabel)")
+    return carried
+
+
+def _check_labels(shard_url: str, table: pa.Table, tasks: Sequence[TaskSpec]) -> None:
+    for task in tasks:
+        column = table.column(task.name)
+        if column.null_count:
+            row = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
+            raise BadInputError(f"{shard_url} row {row}: column '{task.name}': label is missing (null)")
+        if task.kind == "multiclass":
+            _check_class_indices(shard_url, column.to_numpy(), task, 0)
+        else:
+            flat = column.combine_chunks()
+            _check_label_lengths(shard_url, pc.list_value_length(flat).to_numpy(), task, 0)
+            matrix = flat.flatten().to_numpy(zero_copy_only=False).reshape(len(flat), task.num_outputs)
+            _check_label_bits(shard_url, matrix, task, 0)
+
+
+def check_shards(url: str, decode_all: bool = False, sample_rows: int = 16) -> int:
+    """Validate every shard: schema, label values, and image decoding/size (first `sample_rows`
+    rows per shard, or every row with `decode_all`). Returns the number of rows."""
+    meta = read_dataset_meta(url)
+    expected = (meta.image_size, meta.image_size)
+    total = 0
+    for shard_url in list_shards(url):
+        with _open_shard(shard_url, [ID, IMAGE]) as shard:
+            tasks = _check_schema(shard_url, shard.schema_arrow, meta)
+            if tasks:
+                _check_labels(shard_url, shard.read(columns=[t.name for t in tasks]), tasks)
+            limit = shard.metadata.num_rows if decode_all else min(sample_rows, shard.metadata.num_rows)
+            row = 0
+            for batch in shard.iter_batches(batch_size=256, columns=[IMAGE]):
+                if row >= limit:
+                    break
+                images = batch.column(0).slice(0, limit - row).to_pylist()
+                size = decode_batch(images, shard_url, first_row=row).shape[1:3]
+                if tuple(size) != expected:
+                    raise BadInputError(
+                        f"{shard_url} row {row}: image is {size[1]}x{size[0]}, expected {meta.image_size}x{meta.image_size} "
+                        "(image_size in dataset.json)"
+                    )
+                row += len(images)
+            total += shard.metadata.num_rows
+    if meta.num_rows is not None and total != meta.num_rows:
+        raise BadInputError(f"{url}: shards hold {total} rows but dataset.json says num_rows {meta.num_rows}")
+    return total
