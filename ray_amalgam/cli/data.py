@@ -19,7 +19,7 @@ def positive(text: str) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    data = commands.add_parser("data", help="make, pack and inspect Parquet image shards", parents=[common])
+    data = commands.add_parser("data", help="make, pack and inspect Parquet image shards")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
     synth = sub.add_parser("synth", help="write a synthetic multi-attribute dataset", parents=[common])

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from ray_amalgam import __version__
-from ray_amalgam.cli import data, teachers
+from ray_amalgam.cli import data, jobs, teachers
 from ray_amalgam.cli.console import console
 from ray_amalgam.spec import BadInputError
 
@@ -30,12 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ray-amalgam",
         description="Amalgamate filtered knowledge from multi-task teacher CNNs into one compact student, on Ray.",
-        parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"ray-amalgam {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     data.add_commands(commands, common)
     teachers.add_commands(commands, common)
+    jobs.add_commands(commands, common)
     return parser
 
 

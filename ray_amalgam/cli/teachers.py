@@ -13,7 +13,7 @@ from ray_amalgam.spec import BackboneSpec, BadInputError, TaskSpec
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    teachers = commands.add_parser("teachers", help="train and inspect teacher checkpoints", parents=[common])
+    teachers = commands.add_parser("teachers", help="train and inspect teacher checkpoints")
     sub = teachers.add_subparsers(dest="teachers_command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="supervised multi-task teacher training from label columns", parents=[common])
