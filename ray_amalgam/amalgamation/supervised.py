@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ray_amalgam.amalgamation.metrics import matches
 from ray_amalgam.io.images import decode_batch, to_tensor
 from ray_amalgam.io.shards import iter_batches, read_dataset_meta
 from ray_amalgam.models import MultiTaskNet, build_teacher
@@ -59,13 +60,6 @@ def task_loss(task: TaskSpec, logits: Tensor, target: Tensor) -> Tensor:
     if task.kind == "multiclass":
         return F.cross_entropy(logits, target)
     return F.binary_cross_entropy_with_logits(logits, target)
-
-
-def task_correct(task: TaskSpec, logits: Tensor, target: Tensor) -> Tensor:
-    """Per-sample accuracy: top-1 match, or the fraction of labels right at probability 0.5."""
-    if task.kind == "multiclass":
-        return (logits.argmax(1) == target).float()
-    return ((logits > 0).float() == target).float().mean(1)
 
 
 @dataclass
@@ -124,6 +118,6 @@ def train_teacher(
         for start in range(0, len(x_eval), 256):
             logits = model(x_eval[start : start + 256])
             for t in data.tasks:
-                correct[t.name] += float(task_correct(t, logits[t.name], y_eval[t.name][start : start + 256]).sum())
+                correct[t.name] += float(matches(logits[t.name], y_eval[t.name][start : start + 256], t.kind).sum())
     accuracy = {name: value / len(x_eval) for name, value in correct.items()}
     return TeacherTrainingResult(model, meta, accuracy, len(x_train), len(x_eval))

@@ -1,0 +1,167 @@
+"""Quality benchmark: teachers trained on a small labelled set, a customized student amalgamated
+from them on a larger unlabelled set, compared with plain KD and with a student for all tasks.
+
+Labels are used only to train the teachers and to evaluate; every student sees images only.
+
+    python benchmarks/quality.py --quick          # a few minutes on 2 CPU cores
+    python benchmarks/quality.py --json           # one JSON object on stdout instead of the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ray_amalgam.amalgamation import amalgamate_local, kd_baseline
+from ray_amalgam.amalgamation.supervised import load_labelled, train_teacher
+from ray_amalgam.io.checkpoints import save_teacher
+from ray_amalgam.io.synth import synthesize
+from ray_amalgam.spec import BackboneSpec, DataSpec, JobSpec, ScheduleSpec, StudentSpec, TeacherRef
+
+TEACHER_TASKS = {"teacher_a": ("shape", "color", "size"), "teacher_b": ("position", "attributes")}
+CUSTOM_TASKS = ("color", "position", "attributes")
+ALL_TASKS = ("shape", "color", "size", "position", "attributes")
+
+
+@dataclass(frozen=True)
+class Setting:
+    labelled: int
+    unlabelled: int
+    eval: int
+    teacher_width: float
+    student_width: float
+    teacher_epochs: int
+    stage_epochs: int
+    finetune_epochs: int
+
+
+QUICK = Setting(labelled=1500, unlabelled=3000, eval=500, teacher_width=0.5, student_width=0.25,
+                teacher_epochs=8, stage_epochs=1, finetune_epochs=2)
+FULL = Setting(labelled=4000, unlabelled=16000, eval=2000, teacher_width=0.5, student_width=0.5,
+               teacher_epochs=20, stage_epochs=2, finetune_epochs=6)
+
+
+def train_teachers(root: Path, setting: Setting, progress: Progress) -> dict[str, str]:
+    labelled = str(root / "labelled")
+    synthesize(labelled, setting.labelled, num_shards=2, seed=10)
+    urls = {}
+    for name, tasks in TEACHER_TASKS.items():
+        bar = progress.add_task(f"train {name}", total=setting.teacher_epochs)
+        result = train_teacher(
+            load_labelled(labelled, list(tasks)), BackboneSpec(arch="resnet18", width=setting.teacher_width),
+            epochs=setting.teacher_epochs, batch_size=64, lr=4e-3,
+            on_step=lambda epoch, _rows, loss, bar=bar, name=name: progress.update(
+                bar, completed=epoch, description=f"train {name} · loss {loss:.3f}"
+            ),
+        )
+        progress.update(bar, completed=setting.teacher_epochs)
+        urls[name] = str(root / name)
+        save_teacher(urls[name], result.model.state_dict(), result.meta)
+    return urls
+
+
+def make_job(root: Path, name: str, tasks: tuple[str, ...], teachers: dict[str, str], setting: Setting) -> JobSpec:
+    return JobSpec(
+        teachers=tuple(TeacherRef(name=n, checkpoint=u) for n, u in teachers.items()),
+        tasks=tasks,
+        data=DataSpec(train=str(root / "unlabelled"), eval=str(root / "eval")),
+        student=StudentSpec(width=setting.student_width, branch_tolerance=0.05),
+        schedule=ScheduleSpec(stage_epochs=setting.stage_epochs, finetune_epochs=setting.finetune_epochs,
+                              batch_size=64, lr=2e-3, temperature=4.0),
+        output=str(root / name),
+    )
+
+
+def run(root: Path, setting: Setting, progress: Progress) -> dict[str, Any]:
+    teachers = train_teachers(root, setting, progress)
+    synthesize(str(root / "unlabelled"), setting.unlabelled, num_shards=4, seed=11)
+    synthesize(str(root / "eval"), setting.eval, num_shards=1, seed=12)
+    custom = make_job(root, "afk", CUSTOM_TASKS, teachers, setting)
+    afk = amalgamate_local(custom, progress, source="afk")
+    kd = kd_baseline(custom.model_copy(update={"output": str(root / "kd")}), progress, source="kd")
+    everything = amalgamate_local(make_job(root, "all", ALL_TASKS, teachers, setting), progress, source="all")
+    return {"afk": afk, "kd": kd, "all": everything}
+
+
+def summary(reports: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of the issue: per customized task, the four accuracies; and param counts."""
+    tasks = {
+        task: {
+            "teacher_accuracy": reports["afk"]["tasks"][task]["teacher_accuracy"],
+            "student_accuracy": reports["afk"]["tasks"][task]["student_accuracy"],
+            "kd_student_accuracy": reports["kd"]["tasks"][task]["student_accuracy"],
+            "all_tasks_student_accuracy": reports["all"]["tasks"][task]["student_accuracy"],
+        }
+        for task in CUSTOM_TASKS
+    }
+    return {"tasks": tasks, "student_params": reports["afk"]["student"]["params"], "teachers_params": reports["afk"]["teachers"]["params"]}
+
+
+def markdown(reports: dict[str, Any], setting: Setting) -> str:
+    afk, kd, everything = reports["afk"], reports["kd"], reports["all"]
+    owners = ", ".join(f"{name}: {'/'.join(tasks)}" for name, tasks in TEACHER_TASKS.items())
+    lines = [
+        "# Quality benchmark (synthetic data)",
+        "",
+        f"Teachers: resnet18 x{setting.teacher_width} on {setting.labelled} labelled images "
+        f"({owners}). "
+        f"Students: resnet18 x{setting.student_width} on {setting.unlabelled} unlabelled images; "
+        f"evaluation on {setting.eval} held-out images. Accuracy of `attributes` = mean per-label accuracy at 0.5.",
+        "",
+        "| task | teacher | AFK student | plain-KD student | all-tasks student | AFK fidelity | AFK branch point |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task in CUSTOM_TASKS:
+        row = afk["tasks"][task]
+        lines.append(
+            f"| {task} | {row['teacher_accuracy']:.3f} | {row['student_accuracy']:.3f} | {kd['tasks'][task]['student_accuracy']:.3f} "
+            f"| {everything['tasks'][task]['student_accuracy']:.3f} | {row['fidelity']:.3f} | {afk['branch_points'][task]} |"
+        )
+    lines += ["", "| attributes mAP | teacher | AFK student | plain-KD student | all-tasks student |", "|---|---|---|---|---|"]
+    lines.append(
+        f"| attributes | {afk['tasks']['attributes']['teacher_map']:.3f} | {afk['tasks']['attributes']['student_map']:.3f} "
+        f"| {kd['tasks']['attributes']['student_map']:.3f} | {everything['tasks']['attributes']['student_map']:.3f} |"
+    )
+    lines += ["", "| model | params | MFLOPs / image | CPU ms / image |", "|---|---|---|---|"]
+    for label, report in (("AFK student", afk), ("plain-KD student", kd), ("all-tasks student", everything)):
+        s = report["student"]
+        lines.append(f"| {label} (x{s['width']}) | {s['params']:,} | {s['flops'] / 1e6:.1f} | {s['latency_ms']:.3f} |")
+    t = afk["teachers"]
+    lines.append(f"| teachers ({' + '.join(t['names'])}) | {t['params']:,} | {t['flops'] / 1e6:.1f} | {t['latency_ms']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small setting that finishes in a few minutes on 2 CPU cores")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--out", default="benchmarks/quality.md", help="Markdown table to write")
+    parser.add_argument("--workdir", default=None, help="keep data, teachers and students here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    setting = QUICK if args.quick else FULL
+    torch.manual_seed(0)
+    console = Console(stderr=True)  # stdout stays clean for --json
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with tempfile.TemporaryDirectory() as scratch, Progress(*columns, console=console, disable=args.json) as progress:
+        root = Path(args.workdir or scratch)
+        reports = run(root, setting, progress)
+    table = markdown(reports, setting)
+    Path(args.out).write_text(table)
+    if args.json:
+        print(json.dumps(summary(reports)))
+    else:
+        print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

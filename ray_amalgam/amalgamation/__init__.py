@@ -1,0 +1,54 @@
+"""The method in pure PyTorch: filtering, losses, block stages, branch-out, finetune, metrics. No Ray."""
+
+from ray_amalgam.amalgamation.baseline import kd_baseline
+from ray_amalgam.amalgamation.branch_out import auto_branch_points, manual_branch_points
+from ray_amalgam.amalgamation.engine import FINETUNE, Amalgamator, StageNet, entangled_blocks
+from ray_amalgam.amalgamation.filtering import rank_hint_channels
+from ray_amalgam.amalgamation.losses import distillation_loss, hint_loss, least_ambiguous, prediction_entropy
+from ray_amalgam.amalgamation.metrics import (
+    average_precision,
+    count_flops,
+    count_params,
+    cpu_latency_ms,
+    fidelity_matches,
+    matches,
+    mean_average_precision,
+)
+from ray_amalgam.amalgamation.plan import AmalgamationPlan, hint_key, logits_key, make_plan
+from ray_amalgam.amalgamation.runner import amalgamate_local, compute_targets, evaluate, load_pool
+from ray_amalgam.amalgamation.student import load_student, predict, save_student
+from ray_amalgam.amalgamation.targets import teacher_outputs
+
+__all__ = [
+    "FINETUNE",
+    "AmalgamationPlan",
+    "Amalgamator",
+    "StageNet",
+    "amalgamate_local",
+    "auto_branch_points",
+    "average_precision",
+    "compute_targets",
+    "count_flops",
+    "count_params",
+    "cpu_latency_ms",
+    "distillation_loss",
+    "entangled_blocks",
+    "evaluate",
+    "fidelity_matches",
+    "hint_key",
+    "hint_loss",
+    "kd_baseline",
+    "least_ambiguous",
+    "load_pool",
+    "load_student",
+    "logits_key",
+    "make_plan",
+    "manual_branch_points",
+    "matches",
+    "mean_average_precision",
+    "predict",
+    "prediction_entropy",
+    "rank_hint_channels",
+    "save_student",
+    "teacher_outputs",
+]

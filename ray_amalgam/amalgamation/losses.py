@@ -1,0 +1,48 @@
+"""Distillation losses: soft targets per task kind, per-sample teacher choice, hint loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ray_amalgam.spec import TaskKind
+
+
+def prediction_entropy(logits: Tensor, kind: TaskKind) -> Tensor:
+    """Per-sample entropy (N,): of the softmax (multiclass) or the mean binary entropy (multilabel)."""
+    if kind == "multiclass":
+        log_p = F.log_softmax(logits, dim=1)
+        return -(log_p.exp() * log_p).sum(1)
+    p = torch.sigmoid(logits)
+    # BCE of a probability against itself is its binary entropy.
+    return F.binary_cross_entropy_with_logits(logits, p, reduction="none").mean(1)
+
+
+def least_ambiguous(teacher_logits: Sequence[Tensor], kind: TaskKind) -> Tensor:
+    """Per sample, the logits of the teacher with the lowest prediction entropy (ties: the first)."""
+    if len(teacher_logits) == 1:
+        return teacher_logits[0]
+    stacked = torch.stack(list(teacher_logits))  # (T, N, C)
+    entropy = torch.stack([prediction_entropy(t, kind) for t in teacher_logits])  # (T, N)
+    choice = entropy.argmin(0)
+    return stacked[choice, torch.arange(stacked.shape[1], device=stacked.device)]
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, kind: TaskKind, temperature: float) -> Tensor:
+    """KL(teacher || student) at temperature T, scaled by T^2 (multiclass), or BCE against the
+    teacher's sigmoid probabilities (multilabel); averaged over samples (and labels)."""
+    teacher_logits = teacher_logits.detach().float()
+    if kind == "multiclass":
+        t = temperature
+        log_student = F.log_softmax(student_logits / t, dim=1)
+        log_teacher = F.log_softmax(teacher_logits / t, dim=1)
+        return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * (t * t)
+    return F.binary_cross_entropy_with_logits(student_logits, torch.sigmoid(teacher_logits))
+
+
+def hint_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
+    """MSE between the student's adapted kept channels and the teacher's (float16 on the wire)."""
+    return F.mse_loss(student_features, teacher_features.detach().to(student_features.dtype))

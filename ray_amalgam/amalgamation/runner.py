@@ -1,0 +1,233 @@
+"""Run a whole amalgamation job in one process: stages -> branch-out -> finetune -> evaluation.
+
+The teacher targets of the training data are computed once into memory: the local stand-in for
+the distributed layer's teacher-output store.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import Progress, TaskID
+from torch import Tensor
+
+from ray_amalgam.amalgamation.engine import FINETUNE, Amalgamator, student_normalization
+from ray_amalgam.amalgamation.filtering import rank_hint_channels
+from ray_amalgam.amalgamation.losses import least_ambiguous
+from ray_amalgam.amalgamation.metrics import (
+    count_flops,
+    count_params,
+    cpu_latency_ms,
+    fidelity_matches,
+    matches,
+    mean_average_precision,
+)
+from ray_amalgam.amalgamation.plan import AmalgamationPlan, make_plan
+from ray_amalgam.amalgamation.student import save_student
+from ray_amalgam.amalgamation.supervised import LabelledData, holdout_mask, load_labelled
+from ray_amalgam.amalgamation.targets import teacher_outputs
+from ray_amalgam.io.checkpoints import checkpoint_hash, load_teacher
+from ray_amalgam.io.fs import atomic_write_text, join
+from ray_amalgam.io.images import to_tensor
+from ray_amalgam.io.shards import read_dataset_meta
+from ray_amalgam.models import MultiTaskNet, TargetNet, create_backbone, teacher_from_weights
+from ray_amalgam.spec import BadInputError, JobSpec
+
+HOLDOUT_FRACTION = 0.1
+"""Share of the training rows held out to measure fidelity for branch-out."""
+EVAL_BATCH = 256
+
+
+def load_pool(job: JobSpec, source: str = "job") -> tuple[AmalgamationPlan, dict[str, MultiTaskNet]]:
+    """The plan and the (frozen, eval-mode) models of the teachers it keeps."""
+    loaded = {ref.name: load_teacher(ref.checkpoint) for ref in job.teachers}
+    plan = make_plan(job, {name: meta for name, (meta, _) in loaded.items()}, source)
+    teachers = {name: teacher_from_weights(plan.teachers[name], loaded[name][1], plan.checkpoints[name]) for name in plan.teachers}
+    return plan, teachers
+
+
+def compute_targets(
+    plan: AmalgamationPlan, teachers: Mapping[str, MultiTaskNet], images: np.ndarray, device: torch.device
+) -> dict[str, Tensor]:
+    """Every teacher's filtered outputs for uint8 (N, H, W, 3) images, on the CPU, keyed as in batches."""
+    chunks: dict[str, list[Tensor]] = {}
+    for name, teacher in teachers.items():
+        meta = plan.teachers[name]
+        teacher.to(device)
+        for start in range(0, len(images), EVAL_BATCH):
+            x = to_tensor(images[start : start + EVAL_BATCH], meta.mean, meta.std).to(device)
+            for key, value in teacher_outputs(teacher, name, x, plan).items():
+                chunks.setdefault(key, []).append(value.cpu())
+    return {key: torch.cat(values) for key, values in chunks.items()}
+
+
+def iter_rows(images: np.ndarray, targets: Mapping[str, Tensor], rows: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Batches in the engine's format for the given row indices."""
+    for start in range(0, len(rows), batch_size):
+        chosen = rows[start : start + batch_size]
+        batch: dict[str, Any] = {"image": images[chosen]}
+        batch.update({key: value[chosen] for key, value in targets.items()})
+        yield batch
+
+
+def _train_stage(
+    engine: Amalgamator,
+    stage: str,
+    images: np.ndarray,
+    targets: Mapping[str, Tensor],
+    train_rows: np.ndarray,
+    generator: np.random.Generator,
+    progress: Progress | None,
+) -> None:
+    schedule = engine.job.schedule
+    epochs = schedule.finetune_epochs if stage == FINETUNE else schedule.stage_epochs
+    bar: TaskID | None = progress.add_task(stage, total=epochs * len(train_rows)) if progress is not None else None
+    for epoch in range(1, epochs + 1):
+        started, done = time.perf_counter(), 0
+        for batch in iter_rows(images, targets, generator.permutation(train_rows), schedule.batch_size):
+            losses = engine.train_step(batch)
+            done += len(batch["image"])
+            if progress is not None:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                progress.update(
+                    bar, advance=len(batch["image"]),
+                    description=f"{stage} epoch {epoch}/{epochs} · {rate:,.0f} img/s · loss {losses['loss']:.3f}",
+                )
+
+
+def _label_tasks(plan: AmalgamationPlan, url: str) -> list[str]:
+    offered = {t.name for t in read_dataset_meta(url).tasks}
+    return [t for t in plan.task_names if t in offered]
+
+
+@torch.inference_mode()
+def evaluate(
+    student: TargetNet, plan: AmalgamationPlan, teachers: Mapping[str, MultiTaskNet], data: LabelledData, device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Per task: fidelity to the teacher targets, and where labels exist, student and teacher
+    accuracy (multilabel: mean per-label accuracy at 0.5, plus mAP)."""
+    student.eval()
+    normalization = student_normalization(plan)
+    logits: dict[str, list[Tensor]] = {t: [] for t in plan.task_names}
+    targets: dict[str, list[Tensor]] = {t: [] for t in plan.task_names}
+    for start in range(0, len(data.images), EVAL_BATCH):
+        images = data.images[start : start + EVAL_BATCH]
+        outputs = student(to_tensor(images, normalization.mean, normalization.std).to(device))
+        by_teacher = {
+            name: teacher(to_tensor(images, plan.teachers[name].mean, plan.teachers[name].std).to(device), plan.heads_of(name))
+            for name, teacher in teachers.items()
+        }
+        for task in plan.tasks:
+            logits[task.name].append(outputs[task.name].float().cpu())
+            owners = [by_teacher[name][task.name].float().cpu() for name in plan.sources[task.name]]
+            targets[task.name].append(least_ambiguous(owners, task.kind))
+    results: dict[str, dict[str, float]] = {}
+    for task in plan.tasks:
+        student_logits, teacher_logits = torch.cat(logits[task.name]), torch.cat(targets[task.name])
+        row = {"fidelity": float(fidelity_matches(student_logits, teacher_logits, task.kind).mean())}
+        if task.name in data.labels:
+            labels = torch.from_numpy(data.labels[task.name])
+            row["student_accuracy"] = float(matches(student_logits, labels, task.kind).mean())
+            row["teacher_accuracy"] = float(matches(teacher_logits, labels, task.kind).mean())
+            if task.kind == "multilabel":
+                row["student_map"] = mean_average_precision(student_logits.sigmoid().numpy(), data.labels[task.name])
+                row["teacher_map"] = mean_average_precision(teacher_logits.sigmoid().numpy(), data.labels[task.name])
+        results[task.name] = row
+    return results
+
+
+def model_costs(forwards: Mapping[str, torch.nn.Module], input_size: int) -> dict[str, float]:
+    """Summed params, FLOPs per image and CPU ms per image of models run one after another."""
+    cpu = {name: copy.deepcopy(model).cpu().eval() for name, model in forwards.items()}
+    return {
+        "params": sum(count_params(m) for m in cpu.values()),
+        "flops": sum(count_flops(m, input_size) for m in cpu.values()),
+        "latency_ms": sum(cpu_latency_ms(m, input_size) for m in cpu.values()),
+    }
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Amalgamation report ({report['method']})",
+        "",
+        "| task | fidelity | student acc | teacher acc | student mAP | teacher mAP | branch point |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, row in report["tasks"].items():
+        cells = [row.get(k) for k in ("fidelity", "student_accuracy", "teacher_accuracy", "student_map", "teacher_map")]
+        shown = ["-" if v is None else f"{v:.3f}" for v in cells]
+        lines.append(f"| {task} | " + " | ".join(shown) + f" | {report['branch_points'][task]} |")
+    student, teachers = report["student"], report["teachers"]
+    lines += [
+        "",
+        "| model | params | MFLOPs / image | CPU ms / image |",
+        "|---|---|---|---|",
+        f"| student ({student['arch']} x{student['width']}) | {student['params']:,} | {student['flops'] / 1e6:.1f} | {student['latency_ms']:.3f} |",
+        f"| teachers ({', '.join(teachers['names'])}) | {teachers['params']:,} | {teachers['flops'] / 1e6:.1f} | {teachers['latency_ms']:.3f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: bool) -> dict[str, Any]:
+    """The shared local pipeline of `amalgamate_local` and `kd_baseline` (`block_stages=False`)."""
+    started = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    plan, teachers = load_pool(job, source)
+    train = load_labelled(job.data.train, [])
+    if train.images.shape[1] != plan.input_size:
+        raise BadInputError(f"{source}: data.train: images are {train.images.shape[1]} px, the teachers expect {plan.input_size} px")
+    if job.hint.enabled:
+        calibration = train.images[: job.hint.calibration_samples]
+        plan = plan.with_hint_channels(rank_hint_channels(plan, teachers, calibration, job.hint.keep_fraction))
+    targets = compute_targets(plan, teachers, train.images, device)
+    held = holdout_mask(train.ids, HOLDOUT_FRACTION)
+    fit_rows = np.flatnonzero(~held)
+    check_rows = np.flatnonzero(held) if held.any() and not held.all() else fit_rows
+    if not block_stages:
+        # Same total epochs as the block-wise run, all spent end to end.
+        epochs = create_backbone(plan.student).num_blocks * job.schedule.stage_epochs + job.schedule.finetune_epochs
+        job = job.model_copy(update={"schedule": job.schedule.model_copy(update={"finetune_epochs": epochs})})
+    engine = Amalgamator(plan, teachers, job, device, block_stages=block_stages)
+    generator = np.random.default_rng(job.schedule.seed)
+    records = []
+    for stage in engine.stage_names():
+        if engine.skips(stage):
+            records.append(engine.finish_stage(stage, {}))
+            continue
+        _train_stage(engine, stage, train.images, targets, fit_rows, generator, progress)
+        fidelity = engine.fidelity(iter_rows(train.images, targets, check_rows, EVAL_BATCH))
+        records.append(engine.finish_stage(stage, fidelity))
+    student = engine.student()
+    hashes = {name: checkpoint_hash(url) for name, url in plan.checkpoints.items()}
+    meta = engine.student_meta(hashes)
+    student_url = join(job.output, "student")
+    save_student(student_url, student, meta)
+    eval_data = load_labelled(job.data.eval, _label_tasks(plan, job.data.eval))
+    report = {
+        "source": source,
+        "method": "afk" if block_stages else "kd",
+        "tasks": evaluate(student, plan, teachers, eval_data, device),
+        "stages": records,
+        "branch_points": engine.branch_points(),
+        "student": {"checkpoint": student_url, "arch": plan.student.arch, "width": plan.student.width, **model_costs({"student": student}, plan.input_size)},
+        "teachers": {"names": list(plan.teachers), **model_costs(teachers, plan.input_size)},
+        "train_samples": int(len(fit_rows)),
+        "eval_samples": int(len(eval_data.ids)),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    atomic_write_text(join(job.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))
+    atomic_write_text(join(job.output, "report.md"), _markdown(report))
+    return report
+
+
+def amalgamate_local(job: JobSpec, progress: Progress | None = None, source: str = "job") -> dict[str, Any]:
+    """Run the job in this process; writes `<output>/student` and `<output>/report.{json,md}` and
+    returns the report (JSON-able)."""
+    return run_job(job, progress, source, block_stages=True)

@@ -1,0 +1,174 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from ray_amalgam.amalgamation import Amalgamator, hint_key, logits_key, make_plan, rank_hint_channels, teacher_outputs
+from ray_amalgam.io.images import to_tensor
+from ray_amalgam.models import build_teacher
+from ray_amalgam.spec import (
+    BackboneSpec,
+    BadInputError,
+    DataSpec,
+    HintSpec,
+    JobSpec,
+    ScheduleSpec,
+    StudentSpec,
+    TaskSpec,
+    TeacherMeta,
+    TeacherRef,
+)
+
+SIZE = 32
+SHAPE = TaskSpec(name="shape", kind="multiclass", classes=("a", "b", "c"))
+TAGS = TaskSpec(name="tags", kind="multilabel", labels=("x", "y"))
+ARCHS = ("resnet18", "resnet50", "mobilenet_v3_small")
+
+
+def pool(specs: dict[str, tuple[BackboneSpec, tuple[TaskSpec, ...]]], seed: int = 0):
+    torch.manual_seed(seed)
+    metas = {name: TeacherMeta(backbone=b, tasks=t, input_size=SIZE) for name, (b, t) in specs.items()}
+    return metas, {name: build_teacher(meta).eval() for name, meta in metas.items()}
+
+
+def job(metas, tasks, **overrides) -> JobSpec:
+    fields = dict(
+        teachers=tuple(TeacherRef(name=n, checkpoint=f"/none/{n}") for n in metas),
+        tasks=tasks,
+        data=DataSpec(train="/none/train", eval="/none/eval"),
+        student=StudentSpec(width=0.25),
+        schedule=ScheduleSpec(batch_size=4, lr=1e-2, finetune_epochs=1),
+        output="/none/out",
+    )
+    fields.update(overrides)
+    return JobSpec(**fields)
+
+
+def images(n: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def batch_for(plan, teachers, raw: np.ndarray) -> dict:
+    batch = {"image": raw}
+    for name, teacher in teachers.items():
+        meta = plan.teachers[name]
+        batch.update(teacher_outputs(teacher, name, to_tensor(raw, meta.mean, meta.std), plan))
+    return batch
+
+
+@pytest.mark.parametrize("student_arch,teacher_arch", list(itertools.product(ARCHS, ARCHS)))
+def test_adapter_and_tail_shapes_for_each_architecture_pair(student_arch, teacher_arch):
+    metas, teachers = pool({"t": (BackboneSpec(arch=teacher_arch, width=0.25), (SHAPE, TAGS))})
+    spec = job(metas, ("shape", "tags"), student=StudentSpec(arch=student_arch, width=0.25))
+    plan = make_plan(spec, metas)
+    engine = Amalgamator(plan, teachers, spec, torch.device("cpu"))
+    teacher = teachers["t"].backbone
+    x = engine.normalize(images(2))
+    for block in range(1, engine.num_blocks + 1):
+        stage = f"block{block}"
+        logits, adapted = engine.stage_module(stage)(x, with_adapted=True)
+        matched = engine.blocks["shape"][block - 1]
+        side = SIZE // teacher.strides[matched - 1]
+        assert teacher.strides[matched - 1] == engine.trunk.strides[block - 1]
+        assert adapted["shape"].shape == (2, teacher.channels[matched - 1], side, side)
+        assert logits["shape"].shape == (2, 3) and logits["tags"].shape == (2, 2)
+        engine.finish_stage(stage, {})
+    assert {k: v.shape for k, v in engine.student()(x).items()} == {"shape": (2, 3), "tags": (2, 2)}
+
+
+def test_a_trunk_block_without_a_teacher_block_at_its_stride_is_refused():
+    metas, teachers = pool({
+        "small": (BackboneSpec(arch="resnet18", width=0.25, small_input_stem=True), (SHAPE,)),
+        "standard": (BackboneSpec(arch="resnet18", width=0.25), (TAGS,)),
+    })
+    spec = job(metas, ("shape", "tags"))
+    with pytest.raises(BadInputError, match="trunk block 1 .* no block at the same stride in teacher 'standard'"):
+        Amalgamator(make_plan(spec, metas), teachers, spec, torch.device("cpu"))
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_teachers_and_earlier_trunk_blocks_stay_frozen_through_stages():
+    metas, teachers = pool({
+        "a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE,)),
+        "b": (BackboneSpec(arch="mobilenet_v3_small", width=0.25), (TAGS,)),
+    })
+    spec = job(metas, ("shape", "tags"))
+    plan = make_plan(spec, metas)
+    before = {name: snapshot(t) for name, t in teachers.items()}
+    engine = Amalgamator(plan, teachers, spec, torch.device("cpu"))
+    batch = batch_for(plan, teachers, images(8))
+    engine.train_step(batch)
+    engine.finish_stage("block1", engine.fidelity([batch]))
+    block1 = snapshot(engine.trunk.blocks[0])
+    block2 = snapshot(engine.trunk.blocks[1])
+    for _ in range(2):
+        losses = engine.train_step(batch)
+    assert set(losses) == {"loss", "loss/shape", "loss/tags"}
+    for name, teacher in teachers.items():
+        assert not teacher.training
+        assert all(not p.requires_grad for p in teacher.parameters())
+        for key, value in teacher.state_dict().items():  # includes BN running statistics
+            assert torch.equal(value, before[name][key]), f"{name}.{key} changed"
+    assert all(torch.equal(v, block1[k]) for k, v in engine.trunk.blocks[0].state_dict().items())
+    assert any(not torch.equal(v, block2[k]) for k, v in engine.trunk.blocks[1].state_dict().items())
+
+
+def test_resume_after_a_finished_stage_restores_state_and_progress():
+    metas, teachers = pool({"a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE, TAGS))})
+    spec = job(metas, ("shape", "tags"), student=StudentSpec(width=0.25, branch_out={"tags": 2}))
+    plan = make_plan(spec, metas)
+    engine = Amalgamator(plan, teachers, spec, torch.device("cpu"))
+    batch = batch_for(plan, teachers, images(4))
+    for stage in engine.stage_names()[:-1]:
+        if not engine.skips(stage):
+            engine.train_step(batch)
+        record = engine.finish_stage(stage, engine.fidelity([batch]) if not engine.skips(stage) else {})
+    assert record["branch_points"] == {"shape": 4, "tags": 2}
+    assert engine.tasks_on_trunk(3) == ["shape"]
+    engine.train_step(batch)  # finetune: builds the student with owned teacher-tail copies
+    engine.finish_stage("finetune", engine.fidelity([batch]))
+    resumed = Amalgamator(plan, teachers, spec, torch.device("cpu"))
+    resumed.load(engine.state_dict(), engine.progress())
+    assert resumed.current_stage() is None
+    assert resumed.progress() == engine.progress()
+    x = engine.normalize(batch["image"])
+    expected, got = engine.student().eval()(x), resumed.student().eval()(x)
+    assert all(torch.allclose(expected[t], got[t]) for t in expected)
+
+
+def test_hint_channels_are_ranked_and_used_in_the_loss():
+    metas, teachers = pool({"a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE,))})
+    spec = job(metas, ("shape",), hint=HintSpec(enabled=True, keep_fraction=0.25))
+    plan = make_plan(spec, metas)
+    channels = rank_hint_channels(plan, teachers, images(8), keep_fraction=0.25)
+    widths = teachers["a"].backbone.channels
+    assert {b: len(c) for b, c in channels["a"].items()} == {b: widths[b - 1] // 4 for b in (1, 2, 3, 4)}
+    assert all(list(c) == sorted(set(c)) for c in channels["a"].values())
+    plan = plan.with_hint_channels(channels)
+    batch = batch_for(plan, teachers, images(4))
+    assert batch[hint_key("a", 2)].shape == (4, widths[1] // 4, 4, 4)
+    assert batch[hint_key("a", 2)].dtype == torch.float16
+    engine = Amalgamator(plan, teachers, spec, torch.device("cpu"))
+    losses = engine.train_step(batch)
+    assert losses["loss/hint"] > 0
+    assert losses["loss"] == pytest.approx(losses["loss/shape"] + losses["loss/hint"], rel=1e-4)
+
+
+def test_both_teachers_of_a_shared_task_give_per_sample_targets():
+    metas, teachers = pool({
+        "a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE,)),
+        "b": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE,)),
+    })
+    spec = job(metas, ("shape",), task_teachers={"shape": "both"})
+    plan = make_plan(spec, metas)
+    batch = batch_for(plan, teachers, images(4))
+    assert {logits_key("a", "shape"), logits_key("b", "shape")} <= set(batch)
+    engine = Amalgamator(plan, teachers, spec, torch.device("cpu"))
+    assert engine.train_step(batch)["loss/shape"] >= 0
+    del batch[logits_key("b", "shape")]
+    with pytest.raises(BadInputError, match="logits/b/shape"):
+        engine.train_step(batch)
