@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from ray_amalgam import __version__
-from ray_amalgam.cli import data, jobs, teachers
+from ray_amalgam.cli import cluster, data, jobs, teachers
 from ray_amalgam.cli.console import console
 from ray_amalgam.spec import BadInputError
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_commands(commands, common)
     teachers.add_commands(commands, common)
     jobs.add_commands(commands, common)
+    cluster.add_commands(commands, common)
     return parser
 
 

@@ -1,0 +1,156 @@
+"""Progress of a running job: a small Ray actor that teacher actors and train workers report to,
+and a driver-side thread that turns its state into events for a callback (the CLI renders them).
+
+Actors report with fire-and-forget calls, so progress never slows the pipeline down.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+ALIVE_WINDOW_S = 15.0
+"""A teacher actor that processed a batch within this window counts as alive."""
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """The latest training event, teacher actor heartbeats and the handles of the actors that report.
+
+    Handles let tests and operators find a live teacher actor or train worker (e.g. to kill
+    one and watch the job recover) without private Ray APIs.
+    """
+
+    def __init__(self) -> None:
+        self._event: dict[str, Any] = {}
+        self._stages_done: list[str] = []
+        self._teacher_beats: dict[str, tuple[str, float, int]] = {}
+        self._teacher_handles: dict[str, Any] = {}
+        self._worker_handles: dict[int, Any] = {}
+        self._teacher_order: list[str] = []
+        self._teacher_restarts = 0
+
+    def teacher_started(self, actor_id: str, teacher: str, handle: Any) -> None:
+        """Called by each teacher actor's constructor, again after Ray restarts it."""
+        if actor_id in self._teacher_handles:
+            self._teacher_restarts += 1
+        else:
+            self._teacher_order.append(actor_id)
+        self._teacher_handles[actor_id] = handle
+        self._teacher_beats[actor_id] = (teacher, time.time(), 0)
+
+    def teacher_batch(self, actor_id: str, teacher: str) -> None:
+        _, _, batches = self._teacher_beats.get(actor_id, (teacher, 0.0, 0))
+        self._teacher_beats[actor_id] = (teacher, time.time(), batches + 1)
+
+    def worker_started(self, rank: int, handle: Any) -> None:
+        self._worker_handles[rank] = handle
+
+    def update(self, event: dict[str, Any]) -> None:
+        self._event = event
+        if event.get("kind") == "stage_done" and event["stage"] not in self._stages_done:
+            self._stages_done.append(event["stage"])
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        alive = sum(1 for _, seen, _ in self._teacher_beats.values() if now - seen < ALIVE_WINDOW_S)
+        return {
+            **self._event,
+            "teacher_actors_alive": alive,
+            "teacher_batches": sum(b for _, _, b in self._teacher_beats.values()),
+            "teacher_restarts": self._teacher_restarts,
+            "stages_done": list(self._stages_done),
+        }
+
+    def teacher_actors(self) -> list[tuple[str, str, int, Any]]:
+        """(actor id, teacher name, batches processed, handle), oldest actor first."""
+        return [(aid, self._teacher_beats[aid][0], self._teacher_beats[aid][2], self._teacher_handles[aid]) for aid in self._teacher_order]
+
+    def workers(self) -> dict[int, Any]:
+        return dict(self._worker_handles)
+
+
+def board_handle(name: str) -> Any:
+    """The job's board, from inside any actor or task of the job."""
+    return ray.get_actor(name)
+
+
+class ProgressPoller:
+    """Driver thread: every `interval_s`, pass the board's snapshot (plus `extra` fields) to `callback`."""
+
+    def __init__(self, board: Any, callback: ProgressCallback, extra: dict[str, Any], interval_s: float = 1.0) -> None:
+        self._board = board
+        self._callback = callback
+        self._extra = extra
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ray-amalgam-progress", daemon=True)
+
+    def __enter__(self) -> ProgressPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """A driver-side event (phase changes such as building the store)."""
+        self._callback({**self._extra, **event})
+
+    def _run(self) -> None:
+        last: dict[str, Any] = {}
+        while not self._stop.wait(self._interval_s):
+            try:
+                snapshot = ray.get(self._board.snapshot.remote(), timeout=5)
+            except (ray.exceptions.RayError, TimeoutError):
+                continue  # a slow board only delays the view; the job goes on
+            if snapshot.get("kind") and snapshot != last:
+                self._callback({**self._extra, **snapshot})
+            last = snapshot
+
+
+class LiveView:
+    """A rich live panel for `run_job(progress_callback=view)`: stage, epoch, samples/s, teacher
+    actors alive, train workers, ETA. Use as a context manager around the run."""
+
+    def __init__(self, console: Any = None) -> None:
+        self._event: dict[str, Any] = {}
+        self._live = Live(self._render(), console=console or Console(stderr=True), refresh_per_second=4, transient=True)
+
+    def __enter__(self) -> LiveView:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._event = event
+        self._live.update(self._render())
+
+    def _render(self) -> Any:
+        e = self._event
+        table = Table.grid(padding=(0, 2))
+        if e.get("kind") in ("train", "stage_done"):
+            done = len(e.get("stages_done", []))
+            table.add_row("stage", f"{e.get('stage', '-')} ({done}/{e.get('stage_count', e.get('stages', '?'))} done)")
+            table.add_row("epoch", f"{e.get('epoch', '-')}/{e.get('epochs', '-')}  rows {e.get('epoch_samples', 0):,}/{e.get('rows', 0):,}")
+            table.add_row("samples/s", f"{e.get('samples_per_s', 0.0):,.0f}")
+            eta = e.get("eta_s")
+            table.add_row("ETA", "-" if eta is None else f"{eta:,.0f} s")
+        else:
+            table.add_row("phase", f"{e.get('kind', 'starting')} {e.get('phase', '')}".strip())
+        table.add_row("teacher actors alive", str(e.get("teacher_actors_alive", 0)))
+        table.add_row("train workers", str(e.get("train_workers", "-")))
+        table.add_row("mode", str(e.get("mode", "-")))
+        return table

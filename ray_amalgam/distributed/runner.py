@@ -1,0 +1,347 @@
+"""`run_job`: validate a job, start or join Ray, feed teacher outputs (stream or store) to ONE
+Ray Train run that holds every stage, then write the student, metrics and report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import ray.data
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from ray_amalgam.amalgamation import FINETUNE, AmalgamationPlan, Amalgamator, make_plan, rank_hint_channels, save_student
+from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, evaluate, model_costs
+from ray_amalgam.amalgamation.supervised import holdout_mask, load_labelled
+from ray_amalgam.distributed.pipeline import decoded, id_digest, read_rows, with_teachers
+from ray_amalgam.distributed.progress import ProgressBoard, ProgressCallback, ProgressPoller
+from ray_amalgam.distributed.resources import ResourcePlan, connect
+from ray_amalgam.distributed.store import ensure_store, read_store, target_columns
+from ray_amalgam.distributed.train_loop import PROGRESS, load_teachers, read_state, train_loop
+from ray_amalgam.io.checkpoints import checkpoint_hash, read_teacher_meta
+from ray_amalgam.io.fs import atomic_write_bytes, atomic_write_text, exists, join, resolve
+from ray_amalgam.io.images import decode_batch
+from ray_amalgam.io.shards import ID, IMAGE, iter_batches, list_shards, read_dataset_meta
+from ray_amalgam.models import create_backbone
+from ray_amalgam.spec import BadInputError, JobSpec, dump_spec_json
+
+RUN_NAME = "amalgamate"
+TRAIN_STORAGE = "ray_train"
+STORE_DIR = "teacher_store"
+MAX_FAILURES = 2
+"""Worker-group failures Ray Train recovers from (restarting from the last stage checkpoint)."""
+
+
+def _field(source: str, field: str, action: Callable[[], Any]) -> Any:
+    """Run `action`; a BadInputError it raises is re-raised naming the job file and field."""
+    try:
+        return action()
+    except BadInputError as error:
+        raise BadInputError(f"{source}: {field}: {error}") from None
+
+
+def check_output(job: JobSpec, source: str) -> None:
+    """The output URL must be writable: probe by creating it and writing a small file."""
+    try:
+        fs, path = resolve(job.output)
+        fs.makedirs(path, exist_ok=True)
+        atomic_write_text(join(job.output, "job.json"), dump_spec_json(job))
+    except BadInputError as error:
+        raise BadInputError(f"{source}: output: {error}") from None
+    except (OSError, ValueError) as error:
+        raise BadInputError(f"{source}: output: cannot write to {job.output} ({type(error).__name__}: {error})") from None
+
+
+def validate(job: JobSpec, source: str) -> AmalgamationPlan:
+    """Everything that can be checked before Ray starts; BadInputError (one line) otherwise."""
+    metas = {}
+    for index, ref in enumerate(job.teachers):
+        metas[ref.name] = _field(source, f"teachers[{index}].checkpoint", lambda ref=ref: read_teacher_meta(ref.checkpoint))
+    plan = make_plan(job, metas, source)
+    for split in ("train", "eval"):
+        url = getattr(job.data, split)
+        meta = _field(source, f"data.{split}", lambda url=url: read_dataset_meta(url))
+        _field(source, f"data.{split}", lambda url=url: list_shards(url))
+        if meta.image_size != plan.input_size:
+            raise BadInputError(
+                f"{source}: data.{split}: images are {meta.image_size} px (dataset.json), the teachers expect {plan.input_size} px"
+            )
+    check_output(job, source)
+    return plan
+
+
+def _with_hints(job: JobSpec, plan: AmalgamationPlan) -> AmalgamationPlan:
+    """Rank the kept hint channels once, on the driver, from the first training images."""
+    if not job.hint.enabled:
+        return plan
+    table = next(iter_batches(job.data.train, [IMAGE], batch_size=job.hint.calibration_samples))
+    images = decode_batch(table.column(IMAGE).to_pylist(), job.data.train)
+    return plan.with_hint_channels(rank_hint_channels(plan, load_teachers(plan), images, job.hint.keep_fraction))
+
+
+def _holdout_rows(batch: dict[str, np.ndarray], held: bool) -> dict[str, np.ndarray]:
+    """Keep the rows held out for fidelity (`held`) or the training rows: by id hash, like the local runner."""
+    mask = holdout_mask([str(i) for i in batch[ID]], HOLDOUT_FRACTION)
+    keep = mask if held else ~mask
+    return {key: value[keep] for key, value in batch.items()}
+
+
+def _split(ds: ray.data.Dataset, held: bool, resources: ResourcePlan) -> ray.data.Dataset:
+    return ds.map_batches(_holdout_rows, fn_kwargs={"held": held}, batch_format="numpy", num_cpus=resources.data_task_cpus)
+
+
+def _train_ids(url: str) -> tuple[list[str], int]:
+    """The training rows' ids (held-out rows excluded) and how many rows are held out."""
+    ids = [i for table in iter_batches(url, [ID], batch_size=8192) for i in table.column(ID).to_pylist()]
+    held = holdout_mask(ids, HOLDOUT_FRACTION)
+    return [i for i, h in zip(ids, held) if not h], int(held.sum())
+
+
+def build_datasets(
+    job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, held_rows: int, board: str, emit: Callable[[dict[str, Any]], None],
+) -> tuple[ray.data.Dataset, ray.data.Dataset, dict[str, Any]]:
+    """(train, check) datasets in the engine's batch format, and how they were made.
+
+    `store`: one teacher pass writes (or reuses) the store; training reads only the needed columns.
+    `stream`: teachers run live on the training rows every epoch.
+    The check rows (the small held-out share for fidelity) are materialized in the object store
+    in both modes: their targets never change, and re-running a pipeline for them after every
+    stage would cost its start-up time each time.
+    """
+    res, batch = job.resources, job.resources.teacher_batch_size
+    held = held_rows > 0  # with no held-out row, fidelity is measured on the training rows
+    columns = [ID, IMAGE, *target_columns(plan)]
+    if job.teacher_outputs == "store":
+        emit({"kind": "store", "phase": "checking"})
+        started = time.perf_counter()
+        store = ensure_store(job, plan, "train", job.data.train, join(job.output, STORE_DIR), resources, [], board)
+        info = {"store": store.url, "store_rebuilt": store.rebuilt, "store_seconds": round(time.perf_counter() - started, 2)}
+        emit({"kind": "store", "phase": "ready", **info})
+        rows = read_store(store, columns, resources)
+        train = decoded(_split(rows, False, resources), store.url, resources, batch, keep_encoded=False, augment=False)
+        check = decoded(_split(rows, held, resources), store.url, resources, batch, keep_encoded=False, augment=False)
+        return train, check.materialize(), info
+    rows = read_rows(list_shards(job.data.train), [ID, IMAGE], resources)
+    train = decoded(_split(rows, False, resources), job.data.train, resources, batch, keep_encoded=False, augment=job.schedule.augment)
+    train = with_teachers(train, plan, resources, res.teacher_actors.min, res.teacher_actors.max, batch, board)
+    check = decoded(_split(rows, held, resources), job.data.train, resources, batch, keep_encoded=False, augment=False)
+    emit({"kind": "check_targets", "phase": "computing"})
+    check = with_teachers(check, plan, resources, res.teacher_actors.min, res.teacher_actors.max, batch, board).materialize()
+    return train, check, {}
+
+
+def latest_checkpoint(storage: str) -> str | None:
+    """The stage checkpoint with the most finished stages under the run's storage, if any."""
+    fs, path = resolve(join(storage, RUN_NAME))
+    best, best_done = None, -1
+    for progress_path in fs.glob(posixpath.join(path, "*", PROGRESS)):
+        with fs.open(progress_path, "r") as handle:
+            done = len(json.load(handle)["engine"]["finished"])
+        if done > best_done:
+            best, best_done = posixpath.dirname(progress_path), done
+    if best is None:
+        return None
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return best if protocol in ("file", "local") else f"{protocol}://{best}"
+
+
+def _eta_fields(event: dict[str, Any], stage_epochs: list[int], rows: int) -> dict[str, Any]:
+    """Seconds left, from the epochs finished so far and the current samples/s."""
+    if event.get("kind") != "train" or not event.get("samples_per_s"):
+        return {}
+    stage_names = [f"block{i + 1}" for i in range(len(stage_epochs) - 1)] + [FINETUNE]
+    index = stage_names.index(event["stage"])
+    done_epochs = sum(stage_epochs[:index]) + event["epoch"] - 1 + event["epoch_samples"] / max(rows, 1)
+    remaining = max(sum(stage_epochs) - done_epochs, 0.0)
+    return {"eta_s": remaining * rows / event["samples_per_s"], "stage_count": len(stage_names)}
+
+
+def _write_metrics(job: JobSpec, history: dict[str, Any]) -> None:
+    out = job.output
+    atomic_write_text(join(out, "metrics.json"), json.dumps(history, indent=2, sort_keys=True))
+    for name, rows in (("epochs", history["epochs"]), ("stages", history["stages"])):
+        flat = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in row.items()} for row in rows]
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(flat), sink)
+        atomic_write_bytes(join(out, f"metrics_{name}.parquet"), sink.getvalue().to_pybytes())
+    atomic_write_text(join(out, "branch_out.json"), json.dumps(history["branch_out"], indent=2, sort_keys=True))
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Amalgamation report ({report['mode']} mode, {report['train_workers']} train worker(s))",
+        "",
+        "| task | fidelity | student acc | teacher acc | student mAP | teacher mAP | branch point |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, row in report["tasks"].items():
+        cells = [row.get(k) for k in ("fidelity", "student_accuracy", "teacher_accuracy", "student_map", "teacher_map")]
+        shown = ["-" if v is None else f"{v:.3f}" for v in cells]
+        lines.append(f"| {task} | " + " | ".join(shown) + f" | {report['branch_points'][task]} |")
+    student, teachers = report["student"], report["teachers"]
+    lines += [
+        "",
+        "| model | params | MFLOPs / image | CPU ms / image |",
+        "|---|---|---|---|",
+        f"| student ({student['arch']} x{student['width']}) | {student['params']:,} | {student['flops'] / 1e6:.1f} | {student['latency_ms']:.3f} |",
+        f"| teachers ({', '.join(teachers['names'])}) | {teachers['params']:,} | {teachers['flops'] / 1e6:.1f} | {teachers['latency_ms']:.3f} |",
+        "",
+        "| stage | epochs | samples/s | fidelity | left trunk |",
+        "|---|---|---|---|---|",
+    ]
+    for stage in report["stages"]:
+        fidelity = ", ".join(f"{t} {v:.3f}" for t, v in stage["fidelity"].items()) or "-"
+        left = ", ".join(f"{t}@{p}" for t, p in stage["left_trunk"].items()) or "-"
+        rate = f"{stage['samples_per_s']:,.0f}" if stage.get("samples_per_s") else "-"
+        lines.append(f"| {stage['stage']} | {stage['epochs']} | {rate} | {fidelity} | {left} |")
+    return "\n".join(lines) + "\n"
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's progress bars and per-dataset log lines would bury the job's own progress view."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
+def run_job(
+    job: JobSpec,
+    source: str = "job",
+    address: str | None = None,
+    resume: bool = False,
+    progress_callback: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Run an amalgamation job on Ray and return its summary (also written to `<output>/report.json`).
+
+    `address`: a Ray cluster to join; None starts (or reuses) a local Ray sized for the job.
+    `resume`: continue after the last finished stage found in the output's storage.
+    `progress_callback(event)`: called about once a second with the latest progress event.
+    """
+    started = time.perf_counter()
+    emit = progress_callback or (lambda event: None)
+    plan = validate(job, source)
+    plan = _with_hints(job, plan)
+    ray_started = time.perf_counter()
+    resources = connect(job, len(plan.teachers), address)
+    ray_seconds = time.perf_counter() - ray_started
+    _quiet_ray_data()
+    storage = join(job.output, TRAIN_STORAGE)
+    resume_from = latest_checkpoint(storage) if resume else None
+    if not resume and exists(join(storage, RUN_NAME)):
+        # A fresh run must not inherit an old run's checkpoints (Ray Train restores them by name).
+        fs, path = resolve(join(storage, RUN_NAME))
+        fs.rm(path, recursive=True)
+    board_name = f"ray_amalgam_progress_{uuid.uuid4().hex[:12]}"
+    board = ProgressBoard.options(name=board_name).remote()
+    train_ids, held_rows = _train_ids(job.data.train)
+    expected_count, expected_digest = id_digest(train_ids)
+    num_blocks = create_backbone(plan.student).num_blocks
+    stage_epochs = [job.schedule.stage_epochs] * num_blocks + [job.schedule.finetune_epochs]
+    extra = {"mode": job.teacher_outputs, "train_workers": job.resources.num_workers, "rows": expected_count}
+
+    def forward(event: dict[str, Any]) -> None:
+        emit({**event, **_eta_fields(event, stage_epochs, expected_count)})
+
+    try:
+        with ProgressPoller(board, forward, extra) as poller:
+            train, check, data_info = build_datasets(job, plan, resources, held_rows, board_name, poller.emit)
+            gpu = {"GPU": resources.worker_gpus} if resources.worker_gpus > 0 else {}
+            trainer = TorchTrainer(
+                train_loop,
+                train_loop_config={
+                    "job": job.model_dump(mode="json"),
+                    "plan": plan,
+                    "threads": max(1, int(resources.worker_cpus)),
+                    "board": board_name,
+                    "resume_from": resume_from,
+                },
+                scaling_config=ray.train.ScalingConfig(
+                    num_workers=resources.train_workers,
+                    use_gpu=resources.worker_gpus > 0,
+                    resources_per_worker={"CPU": resources.worker_cpus, **gpu},
+                ),
+                run_config=ray.train.RunConfig(
+                    name=RUN_NAME,
+                    storage_path=storage,
+                    failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
+                    # The latest stage checkpoint is all a retry or --resume needs.
+                    checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                ),
+                datasets={"train": train, "check": check},
+            )
+            fit_started = time.perf_counter()
+            result = trainer.fit()
+            fit_seconds = time.perf_counter() - fit_started
+    finally:
+        ray.kill(board)
+    with result.checkpoint.as_directory() as directory:
+        weights, saved = read_state(directory)
+    return _finish(job, plan, weights, saved, resources, {
+        **data_info,
+        "ray_start_seconds": round(ray_seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+        "resumed_from": resume_from,
+        "restored_after_stage": saved.get("restored_from"),
+        "expected_rows": expected_count,
+        "expected_id_digest": str(expected_digest),
+    }, source)
+
+
+def _finish(
+    job: JobSpec, plan: AmalgamationPlan, weights: dict[str, torch.Tensor], saved: dict[str, Any],
+    resources: ResourcePlan, info: dict[str, Any], source: str,
+) -> dict[str, Any]:
+    """Rebuild the engine from the final checkpoint on the driver; write student, metrics and report."""
+    device = torch.device("cpu")
+    teachers = load_teachers(plan)
+    engine = Amalgamator(plan, teachers, job, device)
+    engine.load(weights, saved["engine"])
+    student = engine.student()
+    hashes = {name: checkpoint_hash(url) for name, url in plan.checkpoints.items()}
+    student_url = join(job.output, "student")
+    save_student(student_url, student, engine.student_meta(hashes))
+    eval_tasks = [t for t in plan.task_names if t in {x.name for x in read_dataset_meta(job.data.eval).tasks}]
+    eval_data = load_labelled(job.data.eval, eval_tasks)
+    epochs = saved["epochs"]
+    stages = []
+    for record in saved["records"]:
+        runs = [e for e in epochs if e["stage"] == record["stage"]]
+        rate = sum(e["samples"] for e in runs) / max(sum(e["seconds"] for e in runs), 1e-9) if runs else None
+        stages.append({**record, "epochs": len(runs), "samples_per_s": rate})
+    for epoch in epochs:
+        epoch["ids_exact"] = epoch["rows_seen"] == info["expected_rows"] and epoch["id_digest"] == info["expected_id_digest"]
+    history = {"stages": stages, "epochs": epochs, "branch_out": {"branch_points": engine.branch_points(), "decisions": [
+        {"stage": s["stage"], "fidelity": s["fidelity"], "left_trunk": s["left_trunk"]} for s in stages
+    ], "mode": "manual" if isinstance(job.student.branch_out, dict) else "auto", "tolerance": job.student.branch_tolerance}}
+    _write_metrics(job, history)
+    report = {
+        "source": source,
+        "mode": job.teacher_outputs,
+        "train_workers": resources.train_workers,
+        "resources": resources.as_dict(),
+        "tasks": evaluate(student, plan, teachers, eval_data, device),
+        "stages": stages,
+        "branch_points": engine.branch_points(),
+        "student": {"checkpoint": student_url, "arch": plan.student.arch, "width": plan.student.width,
+                    **model_costs({"student": student}, plan.input_size)},
+        "teachers": {"names": list(plan.teachers), **model_costs(teachers, plan.input_size)},
+        "eval_samples": len(eval_data.ids),
+        "all_epochs_ids_exact": all(e["ids_exact"] for e in epochs),
+        **info,
+    }
+    atomic_write_text(join(job.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))
+    atomic_write_text(join(job.output, "report.md"), _markdown(report))
+    return report

@@ -1,0 +1,214 @@
+"""What every Ray Train worker runs: all block stages, branch-out and finetune in ONE run.
+
+Each stage ends with `ray.train.report(metrics, checkpoint)`; the checkpoint holds the engine's
+weights (safetensors) and its progress (JSON), so a retried or resumed run continues after the
+last finished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import safetensors.torch
+import torch
+import torch.distributed as dist
+
+from ray_amalgam.amalgamation import FINETUNE, AmalgamationPlan, Amalgamator
+from ray_amalgam.distributed.pipeline import id_digest
+from ray_amalgam.distributed.progress import board_handle
+from ray_amalgam.io.checkpoints import load_teacher
+from ray_amalgam.io.fs import exists, join
+from ray_amalgam.io.shards import ID
+from ray_amalgam.models import MultiTaskNet, teacher_from_weights
+from ray_amalgam.spec import JobSpec
+
+ENGINE_WEIGHTS = "engine.safetensors"
+PROGRESS = "progress.json"
+EVENT_INTERVAL_S = 0.5
+FIDELITY_BATCH = 256
+
+
+def load_teachers(plan: AmalgamationPlan) -> dict[str, MultiTaskNet]:
+    models = {}
+    for name, url in plan.checkpoints.items():
+        meta, state = load_teacher(url)
+        models[name] = teacher_from_weights(meta, state, url)
+    return models
+
+
+def save_state(directory: str, engine: Amalgamator, history: dict[str, Any]) -> None:
+    # Own copies: the student's branches share tensors with the stage adapters, and safetensors
+    # refuses shared storage.
+    tensors = {name: t.clone().contiguous() for name, t in engine.state_dict().items()}
+    safetensors.torch.save_file(tensors, os.path.join(directory, ENGINE_WEIGHTS))
+    with open(os.path.join(directory, PROGRESS), "w", encoding="utf-8") as handle:
+        json.dump({"engine": engine.progress(), **history}, handle)
+
+
+def read_state(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(engine weights, progress) from a stage checkpoint directory."""
+    with open(os.path.join(directory, PROGRESS), encoding="utf-8") as handle:
+        progress = json.load(handle)
+    return safetensors.torch.load_file(os.path.join(directory, ENGINE_WEIGHTS)), progress
+
+
+def collate(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Numeric columns to CPU tensors (the engine moves them to its device); ids stay strings."""
+    return {key: (value if key == ID else torch.from_numpy(np.ascontiguousarray(value))) for key, value in batch.items()}
+
+
+def _all_reduce(values: list[float]) -> list[float]:
+    """Sum across workers (identity with one worker)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _digest_reduce(count: int, total: int) -> tuple[int, int]:
+    """Sum (count, hash sum mod 2**64) over workers exactly: hashes travel as two 32-bit halves."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return count, total
+    tensor = torch.tensor([count, total >> 32, total & 0xFFFFFFFF], dtype=torch.int64)
+    dist.all_reduce(tensor)
+    count, high, low = (int(v) for v in tensor.tolist())
+    return count, ((high << 32) + low) % (1 << 64)
+
+
+class Reporter:
+    """Rank 0 sends the latest training event to the job's progress board, at most every EVENT_INTERVAL_S."""
+
+    def __init__(self, board_name: str | None, rank: int) -> None:
+        self.board = board_handle(board_name) if board_name else None
+        self.rank = rank
+        self._last = 0.0
+        if self.board is not None:
+            self.board.worker_started.remote(rank, ray.get_runtime_context().current_actor)
+
+    def send(self, event: dict[str, Any], force: bool = False) -> None:
+        now = time.monotonic()
+        if self.board is None or self.rank != 0 or (not force and now - self._last < EVENT_INTERVAL_S):
+            return
+        self._last = now
+        self.board.update.remote(event)
+
+
+def run_epoch(
+    engine: Amalgamator, model: torch.nn.Module, shard: Any, stage: str, epoch: int, epochs: int,
+    job: JobSpec, world: int, reporter: Reporter,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    samples, loss_sum, steps = 0, 0.0, 0
+    count, hash_sum = 0, 0
+    batches = shard.iter_torch_batches(batch_size=job.schedule.batch_size, collate_fn=collate, prefetch_batches=2)
+    first_batch_s, first_batch_rows = None, 0
+    for batch in batches:
+        if first_batch_s is None:
+            first_batch_s, first_batch_rows = time.perf_counter() - started, len(batch["image"])
+        c, h = id_digest(batch.pop(ID))
+        count, hash_sum = count + c, (hash_sum + h) % (1 << 64)
+        losses = engine.train_step(batch, model=model)
+        samples += len(batch["image"])
+        loss_sum += losses["loss"]
+        steps += 1
+        elapsed = time.perf_counter() - started
+        reporter.send({
+            "kind": "train", "stage": stage, "epoch": epoch, "epochs": epochs, "epoch_samples": samples * world,
+            "samples_per_s": samples * world / max(elapsed, 1e-9), "loss": losses["loss"], "train_workers": world,
+        })
+    seconds = time.perf_counter() - started
+    total_samples, total_loss, total_steps = _all_reduce([samples, loss_sum, steps])
+    # Steady state: after the first batch, whose wait is the pipeline's start-up cost.
+    steady_seconds = seconds - (first_batch_s or 0.0)
+    steady = (samples - first_batch_rows) * world / steady_seconds if steady_seconds > 0 and steps > 1 else None
+    rows_seen, digest = _digest_reduce(count, hash_sum)
+    return {
+        "stage": stage,
+        "epoch": epoch,
+        "samples": int(total_samples),
+        "seconds": round(seconds, 3),
+        "samples_per_s": total_samples / max(seconds, 1e-9),
+        "steady_samples_per_s": steady,
+        "first_batch_s": round(first_batch_s or 0.0, 3),
+        "loss": total_loss / max(total_steps, 1),
+        "rows_seen": rows_seen,
+        "id_digest": str(digest),
+    }
+
+
+def _fidelity(engine: Amalgamator, shard: Any) -> dict[str, float]:
+    """Fidelity on this worker's part of the check rows, summed over all workers: every worker
+    gets the same numbers, so branch-out decides the same everywhere (DDP needs one structure)."""
+    batches = shard.iter_torch_batches(batch_size=FIDELITY_BATCH, collate_fn=collate)
+    sums, count = engine.fidelity_sums({k: v for k, v in b.items() if k != ID} for b in batches)
+    tasks = list(engine.plan.task_names)
+    reduced = _all_reduce([sums.get(t, 0.0) for t in tasks] + [float(count)])
+    total = max(reduced[-1], 1.0)
+    return {t: reduced[i] / total for i, t in enumerate(tasks) if t in sums}
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train entry point; `config`: job (JSON dict), plan, threads, board (actor name), resume_from (URL)."""
+    job = JobSpec.model_validate(config["job"])
+    plan: AmalgamationPlan = config["plan"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(config["threads"])
+    device = ray.train.torch.get_device()
+    engine = Amalgamator(plan, load_teachers(plan), job, device)
+    history: dict[str, Any] = {"records": [], "epochs": [], "restored_from": None}
+    # A retry inside this run (FailureConfig) gets Ray's latest checkpoint; a `--resume`d run also
+    # gets the one the driver found in the output's storage. Ray's own may be older (its snapshot
+    # can lag the last report of a killed run), so the one with more finished stages wins.
+    candidates: list[Any] = [c for c in [ray.train.get_checkpoint()] if c is not None]
+    resume_from = config.get("resume_from")
+    if resume_from and exists(join(resume_from, PROGRESS)):  # Ray may have pruned it since (num_to_keep)
+        candidates.append(resume_from)
+    restored = []
+    for candidate in candidates:
+        checkpoint = candidate if isinstance(candidate, ray.train.Checkpoint) else ray.train.Checkpoint(candidate)
+        with checkpoint.as_directory() as directory:
+            restored.append(read_state(directory))
+    if restored:
+        weights, saved = max(restored, key=lambda state: len(state[1]["engine"]["finished"]))
+        engine.load(weights, saved["engine"])
+        history = {"records": saved["records"], "epochs": saved["epochs"], "restored_from": saved["engine"]["finished"][-1]}
+    reporter = Reporter(config.get("board"), rank)
+    train_shard = ray.train.get_dataset_shard("train")
+    check_shard = ray.train.get_dataset_shard("check")
+    stages = engine.stage_names()
+    for index, stage in enumerate(stages):
+        if stage in engine.progress()["finished"]:
+            continue
+        if not engine.skips(stage):
+            epochs = job.schedule.finetune_epochs if stage == FINETUNE else job.schedule.stage_epochs
+            # find_unused_parameters: a stage may hold modules no loss reaches for some batches
+            # (e.g. hint adapters); DDP would otherwise stall waiting for their gradients.
+            model = ray.train.torch.prepare_model(
+                engine.stage_module(stage), parallel_strategy_kwargs={"find_unused_parameters": True}
+            )
+            for epoch in range(1, epochs + 1):
+                history["epochs"].append(run_epoch(engine, model, train_shard, stage, epoch, epochs, job, world, reporter))
+            fidelity = _fidelity(engine, check_shard)
+        else:
+            fidelity = {}
+        record = engine.finish_stage(stage, fidelity)
+        history["records"].append(record)
+        metrics = {"stage": stage, "stage_index": index, "stages": len(stages), **{f"fidelity/{t}": v for t, v in fidelity.items()}}
+        reporter.send({"kind": "stage_done", "stage": stage, "stage_index": index, "stages": len(stages), "train_workers": world, "fidelity": fidelity}, force=True)
+        with tempfile.TemporaryDirectory() as directory:
+            if rank == 0:
+                save_state(directory, engine, history)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory), checkpoint_dir_name=f"stage-{index:02d}-{stage}")
+            else:
+                ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"stage-{index:02d}-{stage}")
