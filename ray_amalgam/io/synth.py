@@ -35,7 +35,7 @@ SYNTH_TASKS: tuple[TaskSpec, ...] = (
 )
 
 MIN_IMAGE_SIZE = 16
-_ATTRIBUTE_RATE = np.array([0.4, 0.4, 0.5, 0.4])
+_ATTRIBUTE_RATE = np.array([0.4, 0.4, 0.3, 0.4])
 # Radius as a fraction of the image side; the gaps between classes are narrow on purpose.
 _RADIUS_RANGE = ((0.12, 0.15), (0.16, 0.19), (0.205, 0.25))
 _HUE_JITTER = 20.0  # degrees; neighbouring palette hues are 60 apart
@@ -88,7 +88,7 @@ def _background(rng: np.random.Generator, kind: int, size: int) -> Canvas:
     level = rng.uniform(0.2, 0.8)
     tint = rng.normal(0.0, 0.04, 3)
     base = np.clip(level + tint, 0.0, 1.0).astype(np.float32)
-    contrast = rng.uniform(0.1, 0.25) * (1.0 if level < 0.5 else -1.0)
+    contrast = rng.uniform(0.06, 0.16) * (1.0 if level < 0.5 else -1.0)
     angle = rng.uniform(0.0, np.pi)
     along = x * np.cos(angle) + y * np.sin(angle)
     if kind == 0:  # plain: a soft gradient only
@@ -137,7 +137,7 @@ def render_sample(seed: int, index: int, image_size: int = 32) -> tuple[np.ndarr
         distractor = _signed_distance(int(rng.integers(len(SHAPES))), u, v, rng.uniform(0.06, 0.085) * s)
         image = _paint(image, _coverage(distractor), _palette_color(rng, int(rng.integers(len(COLORS)))))
 
-    angle = np.deg2rad(rng.uniform(25.0, 65.0) if rotated else rng.uniform(-8.0, 8.0)) * rng.choice((-1.0, 1.0))
+    angle = np.deg2rad(rng.uniform(15.0, 30.0) if rotated else rng.uniform(-5.0, 5.0)) * rng.choice((-1.0, 1.0))
     u, v = _rotated_frame(s, _quadrant_center(rng, position, s, 0.035), angle)
     radius = rng.uniform(*_RADIUS_RANGE[size_class]) * s
     distance = _signed_distance(shape, u, v, radius)
@@ -152,7 +152,7 @@ def render_sample(seed: int, index: int, image_size: int = 32) -> tuple[np.ndarr
         tone = rng.uniform(0.0, 0.12) if fill.mean() > 0.45 else rng.uniform(0.88, 1.0)
         image = _paint(image, _coverage(outline), tone)
 
-    if rng.random() < 0.35:  # occluder: a grey box anywhere, possibly over the shape
+    if rng.random() < 0.25:  # occluder: a grey box anywhere, possibly over the shape
         half = rng.uniform(0.06, 0.15, 2) * s
         center = rng.uniform(0, s, 2)
         y, x = _grid(s)
