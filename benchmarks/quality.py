@@ -25,7 +25,14 @@ from ray_amalgam.amalgamation import amalgamate_local, kd_baseline
 from ray_amalgam.amalgamation.supervised import load_labelled, train_teacher
 from ray_amalgam.io.checkpoints import save_teacher
 from ray_amalgam.io.synth import synthesize
-from ray_amalgam.spec import BackboneSpec, DataSpec, JobSpec, ScheduleSpec, StudentSpec, TeacherRef
+from ray_amalgam.spec import (
+    BackboneSpec,
+    DataSpec,
+    JobSpec,
+    ScheduleSpec,
+    StudentSpec,
+    TeacherRef,
+)
 
 TEACHER_TASKS = {"teacher_a": ("shape", "color", "size"), "teacher_b": ("position", "attributes")}
 CUSTOM_TASKS = ("color", "position", "attributes")

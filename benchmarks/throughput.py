@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ray_amalgam.amalgamation import FINETUNE, Amalgamator, compute_targets, load_pool, teacher_outputs
+from ray_amalgam.amalgamation import (
+    FINETUNE,
+    Amalgamator,
+    compute_targets,
+    load_pool,
+    teacher_outputs,
+)
 from ray_amalgam.amalgamation.runner import iter_rows
 from ray_amalgam.amalgamation.supervised import load_labelled
 from ray_amalgam.distributed import run_job

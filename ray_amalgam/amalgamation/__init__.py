@@ -2,9 +2,19 @@
 
 from ray_amalgam.amalgamation.baseline import kd_baseline
 from ray_amalgam.amalgamation.branch_out import auto_branch_points, manual_branch_points
-from ray_amalgam.amalgamation.engine import FINETUNE, Amalgamator, StageNet, entangled_blocks
+from ray_amalgam.amalgamation.engine import (
+    FINETUNE,
+    Amalgamator,
+    StageNet,
+    entangled_blocks,
+)
 from ray_amalgam.amalgamation.filtering import rank_hint_channels
-from ray_amalgam.amalgamation.losses import distillation_loss, hint_loss, least_ambiguous, prediction_entropy
+from ray_amalgam.amalgamation.losses import (
+    distillation_loss,
+    hint_loss,
+    least_ambiguous,
+    prediction_entropy,
+)
 from ray_amalgam.amalgamation.metrics import (
     average_precision,
     count_flops,
@@ -14,8 +24,18 @@ from ray_amalgam.amalgamation.metrics import (
     matches,
     mean_average_precision,
 )
-from ray_amalgam.amalgamation.plan import AmalgamationPlan, hint_key, logits_key, make_plan
-from ray_amalgam.amalgamation.runner import amalgamate_local, compute_targets, evaluate, load_pool
+from ray_amalgam.amalgamation.plan import (
+    AmalgamationPlan,
+    hint_key,
+    logits_key,
+    make_plan,
+)
+from ray_amalgam.amalgamation.runner import (
+    amalgamate_local,
+    compute_targets,
+    evaluate,
+    load_pool,
+)
 from ray_amalgam.amalgamation.student import load_student, predict, save_student
 from ray_amalgam.amalgamation.targets import teacher_outputs
 

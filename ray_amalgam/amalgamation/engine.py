@@ -20,7 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from ray_amalgam.amalgamation.branch_out import auto_branch_points, manual_branch_points
-from ray_amalgam.amalgamation.losses import distillation_loss, hint_loss, least_ambiguous
+from ray_amalgam.amalgamation.losses import (
+    distillation_loss,
+    hint_loss,
+    least_ambiguous,
+)
 from ray_amalgam.amalgamation.metrics import fidelity_matches
 from ray_amalgam.amalgamation.plan import AmalgamationPlan, hint_key, logits_key
 from ray_amalgam.models import (
@@ -33,7 +37,14 @@ from ray_amalgam.models import (
     load_state_strict,
     matching_block,
 )
-from ray_amalgam.spec import BadInputError, BranchSpec, JobSpec, StudentMeta, TaskSpec, TeacherMeta
+from ray_amalgam.spec import (
+    BadInputError,
+    BranchSpec,
+    JobSpec,
+    StudentMeta,
+    TaskSpec,
+    TeacherMeta,
+)
 
 FINETUNE = "finetune"
 
@@ -156,6 +167,7 @@ class Amalgamator:
         )
         self._finished: list[str] = []
         self._fidelity: dict[str, dict[str, float]] = {}
+        self._samples: dict[str, int] = {}
         self._stage: str | None = None
         self._module: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -181,8 +193,9 @@ class Amalgamator:
         """The first stage not finished yet; None when all are."""
         return next((s for s in self.stage_names() if s not in self._finished), None)
 
-    def _block_history(self) -> list[dict[str, float]]:
-        return [self._fidelity.get(block_stage(b), {}) for b in range(1, self.num_blocks + 1) if block_stage(b) in self._finished]
+    def _block_history(self) -> tuple[list[dict[str, float]], list[int]]:
+        stages = [block_stage(b) for b in range(1, self.num_blocks + 1) if block_stage(b) in self._finished]
+        return [self._fidelity.get(s, {}) for s in stages], [self._samples.get(s, 0) for s in stages]
 
     def branch_points(self) -> dict[str, int]:
         """Branch points decided so far (all of them once the block stages are finished)."""
@@ -190,7 +203,8 @@ class Amalgamator:
             return {task: self.num_blocks for task in self.plan.task_names}
         if self._manual_points is not None:
             return dict(self._manual_points)
-        points = auto_branch_points(self._block_history(), self.job.student.branch_tolerance)
+        history, samples = self._block_history()
+        points = auto_branch_points(history, self.job.student.branch_tolerance, samples)
         if block_stage(self.num_blocks) in self._finished:
             points = {task: points.get(task, self.num_blocks) for task in self.plan.task_names}
         return points
@@ -385,24 +399,32 @@ class Amalgamator:
         module.train(was_training)
         return sums, count
 
-    def fidelity(self, batches: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-        """Agreement of the current stage's outputs with the teacher targets, per task, in 0..1."""
+    def fidelity(self, batches: Iterable[Mapping[str, Any]]) -> tuple[dict[str, float], int]:
+        """Agreement of the current stage's outputs with the teacher targets, per task, in 0..1,
+        and the number of samples it was measured on."""
         sums, count = self.fidelity_sums(batches)
-        return {task: value / max(count, 1) for task, value in sums.items()}
+        return {task: value / max(count, 1) for task, value in sums.items()}, count
 
-    def finish_stage(self, stage: str, fidelity: Mapping[str, float]) -> dict[str, Any]:
-        """Record the stage's fidelity, apply branch-out, and return a JSON-able record."""
+    def finish_stage(self, stage: str, fidelity: Mapping[str, float], samples: int = 0) -> dict[str, Any]:
+        """Record the stage's fidelity (measured on `samples` rows: the more, the smaller a drop
+        auto branch-out trusts), apply branch-out, and return a JSON-able record."""
         self._check_current(stage)
         before = self.branch_points()
         self._fidelity[stage] = {task: float(value) for task, value in fidelity.items()}
+        self._samples[stage] = int(samples)
         self._finished.append(stage)
         self._stage = self._module = self._optimizer = None
         after = self.branch_points()
         left = {t: p for t, p in after.items() if t not in before and p < self.num_blocks}
-        return {"stage": stage, "fidelity": self._fidelity[stage], "left_trunk": left, "branch_points": after}
+        return {"stage": stage, "fidelity": self._fidelity[stage], "samples": int(samples), "left_trunk": left, "branch_points": after}
 
     def progress(self) -> dict[str, Any]:
-        return {"finished": list(self._finished), "fidelity": dict(self._fidelity), "branch_points": self.branch_points()}
+        return {
+            "finished": list(self._finished),
+            "fidelity": dict(self._fidelity),
+            "samples": dict(self._samples),
+            "branch_points": self.branch_points(),
+        }
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.detach().cpu() for k, v in self._parts.state_dict().items()}
@@ -414,6 +436,7 @@ class Amalgamator:
             raise BadInputError(f"progress.finished: unknown stage(s) {unknown}; expected names from {self.stage_names()}")
         self._finished = list(progress["finished"])
         self._fidelity = {stage: dict(values) for stage, values in progress["fidelity"].items()}
+        self._samples = dict(progress.get("samples", {}))
         self._stage = self._module = self._optimizer = None
         if "branches" in self._parts:
             del self._parts["branches"]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ray_amalgam.spec import BOTH, BackboneSpec, BadInputError, JobSpec, TaskSpec, TeacherMeta, task_owners
+from ray_amalgam.spec import (
+    BOTH,
+    BackboneSpec,
+    BadInputError,
+    JobSpec,
+    TaskSpec,
+    TeacherMeta,
+    task_owners,
+)
 
 
 @dataclass(frozen=True)

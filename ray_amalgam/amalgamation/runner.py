@@ -28,15 +28,24 @@ from ray_amalgam.amalgamation.metrics import (
     matches,
     mean_average_precision,
 )
-from ray_amalgam.amalgamation.plan import AmalgamationPlan, make_plan
+from ray_amalgam.amalgamation.plan import AmalgamationPlan
 from ray_amalgam.amalgamation.student import save_student
-from ray_amalgam.amalgamation.supervised import LabelledData, holdout_mask, load_labelled
+from ray_amalgam.amalgamation.supervised import (
+    LabelledData,
+    holdout_mask,
+    load_labelled,
+)
 from ray_amalgam.amalgamation.targets import teacher_outputs
-from ray_amalgam.io.checkpoints import checkpoint_hash, load_teacher
+from ray_amalgam.amalgamation.validation import load_teachers, validate_job
+from ray_amalgam.io.checkpoints import checkpoint_hash
 from ray_amalgam.io.fs import atomic_write_text, join
 from ray_amalgam.io.images import to_tensor
 from ray_amalgam.io.shards import read_dataset_meta
-from ray_amalgam.models import MultiTaskNet, TargetNet, create_backbone, teacher_from_weights
+from ray_amalgam.models import (
+    MultiTaskNet,
+    TargetNet,
+    create_backbone,
+)
 from ray_amalgam.spec import BadInputError, JobSpec
 
 HOLDOUT_FRACTION = 0.1
@@ -45,11 +54,9 @@ EVAL_BATCH = 256
 
 
 def load_pool(job: JobSpec, source: str = "job") -> tuple[AmalgamationPlan, dict[str, MultiTaskNet]]:
-    """The plan and the (frozen, eval-mode) models of the teachers it keeps."""
-    loaded = {ref.name: load_teacher(ref.checkpoint) for ref in job.teachers}
-    plan = make_plan(job, {name: meta for name, (meta, _) in loaded.items()}, source)
-    teachers = {name: teacher_from_weights(plan.teachers[name], loaded[name][1], plan.checkpoints[name]) for name in plan.teachers}
-    return plan, teachers
+    """The validated plan and the (frozen, eval-mode) models of the teachers it keeps."""
+    plan = validate_job(job, source)
+    return plan, load_teachers(plan)
 
 
 def compute_targets(
@@ -202,8 +209,8 @@ def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: 
             records.append(engine.finish_stage(stage, {}))
             continue
         _train_stage(engine, stage, train.images, targets, fit_rows, generator, progress)
-        fidelity = engine.fidelity(iter_rows(train.images, targets, check_rows, EVAL_BATCH))
-        records.append(engine.finish_stage(stage, fidelity))
+        fidelity, samples = engine.fidelity(iter_rows(train.images, targets, check_rows, EVAL_BATCH))
+        records.append(engine.finish_stage(stage, fidelity, samples))
     student = engine.student()
     hashes = {name: checkpoint_hash(url) for name, url in plan.checkpoints.items()}
     meta = engine.student_meta(hashes)

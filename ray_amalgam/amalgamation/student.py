@@ -13,7 +13,12 @@ from ray_amalgam.io.fs import atomic_write_bytes
 from ray_amalgam.io.images import decode_batch, to_tensor
 from ray_amalgam.io.shards import iter_batches
 from ray_amalgam.models import TargetNet, build_targetnet, load_state_strict
-from ray_amalgam.spec import STUDENT_FORMAT_VERSION, BadInputError, StudentMeta, parse_spec
+from ray_amalgam.spec import (
+    STUDENT_FORMAT_VERSION,
+    BadInputError,
+    StudentMeta,
+    parse_spec,
+)
 
 STUDENT_META = "student.json"
 

@@ -20,64 +20,54 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from ray_amalgam.amalgamation import FINETUNE, AmalgamationPlan, Amalgamator, make_plan, rank_hint_channels, save_student
+from ray_amalgam.amalgamation import (
+    FINETUNE,
+    AmalgamationPlan,
+    Amalgamator,
+    rank_hint_channels,
+    save_student,
+)
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, evaluate, model_costs
 from ray_amalgam.amalgamation.supervised import holdout_mask, load_labelled
-from ray_amalgam.distributed.pipeline import decoded, id_digest, read_rows, with_teachers
-from ray_amalgam.distributed.progress import ProgressBoard, ProgressCallback, ProgressPoller
+from ray_amalgam.amalgamation.validation import load_teachers, validate_job
+from ray_amalgam.distributed.pipeline import (
+    decoded,
+    id_digest,
+    read_rows,
+    with_teachers,
+)
+from ray_amalgam.distributed.progress import (
+    ProgressBoard,
+    ProgressCallback,
+    ProgressPoller,
+)
 from ray_amalgam.distributed.resources import ResourcePlan, connect
 from ray_amalgam.distributed.store import ensure_store, read_store, target_columns
-from ray_amalgam.distributed.train_loop import PROGRESS, load_teachers, read_state, train_loop
-from ray_amalgam.io.checkpoints import checkpoint_hash, read_teacher_meta
-from ray_amalgam.io.fs import atomic_write_bytes, atomic_write_text, exists, join, resolve
+from ray_amalgam.distributed.train_loop import PROGRESS, read_state, train_loop
+from ray_amalgam.io.checkpoints import checkpoint_hash
+from ray_amalgam.io.fs import (
+    atomic_write_bytes,
+    atomic_write_text,
+    exists,
+    join,
+    resolve,
+)
 from ray_amalgam.io.images import decode_batch
-from ray_amalgam.io.shards import ID, IMAGE, iter_batches, list_shards, read_dataset_meta
+from ray_amalgam.io.shards import (
+    ID,
+    IMAGE,
+    iter_batches,
+    list_shards,
+    read_dataset_meta,
+)
 from ray_amalgam.models import create_backbone
-from ray_amalgam.spec import BadInputError, JobSpec, dump_spec_json
+from ray_amalgam.spec import JobSpec
 
 RUN_NAME = "amalgamate"
 TRAIN_STORAGE = "ray_train"
 STORE_DIR = "teacher_store"
 MAX_FAILURES = 2
 """Worker-group failures Ray Train recovers from (restarting from the last stage checkpoint)."""
-
-
-def _field(source: str, field: str, action: Callable[[], Any]) -> Any:
-    """Run `action`; a BadInputError it raises is re-raised naming the job file and field."""
-    try:
-        return action()
-    except BadInputError as error:
-        raise BadInputError(f"{source}: {field}: {error}") from None
-
-
-def check_output(job: JobSpec, source: str) -> None:
-    """The output URL must be writable: probe by creating it and writing a small file."""
-    try:
-        fs, path = resolve(job.output)
-        fs.makedirs(path, exist_ok=True)
-        atomic_write_text(join(job.output, "job.json"), dump_spec_json(job))
-    except BadInputError as error:
-        raise BadInputError(f"{source}: output: {error}") from None
-    except (OSError, ValueError) as error:
-        raise BadInputError(f"{source}: output: cannot write to {job.output} ({type(error).__name__}: {error})") from None
-
-
-def validate(job: JobSpec, source: str) -> AmalgamationPlan:
-    """Everything that can be checked before Ray starts; BadInputError (one line) otherwise."""
-    metas = {}
-    for index, ref in enumerate(job.teachers):
-        metas[ref.name] = _field(source, f"teachers[{index}].checkpoint", lambda ref=ref: read_teacher_meta(ref.checkpoint))
-    plan = make_plan(job, metas, source)
-    for split in ("train", "eval"):
-        url = getattr(job.data, split)
-        meta = _field(source, f"data.{split}", lambda url=url: read_dataset_meta(url))
-        _field(source, f"data.{split}", lambda url=url: list_shards(url))
-        if meta.image_size != plan.input_size:
-            raise BadInputError(
-                f"{source}: data.{split}: images are {meta.image_size} px (dataset.json), the teachers expect {plan.input_size} px"
-            )
-    check_output(job, source)
-    return plan
 
 
 def _with_hints(job: JobSpec, plan: AmalgamationPlan) -> AmalgamationPlan:
@@ -231,7 +221,7 @@ def run_job(
     """
     started = time.perf_counter()
     emit = progress_callback or (lambda event: None)
-    plan = validate(job, source)
+    plan = validate_job(job, source)
     plan = _with_hints(job, plan)
     ray_started = time.perf_counter()
     resources = connect(job, len(plan.teachers), address)

@@ -19,10 +19,23 @@ import pyarrow.parquet as pq
 import ray.data
 
 from ray_amalgam.amalgamation import AmalgamationPlan, hint_key, logits_key
-from ray_amalgam.distributed.pipeline import ENCODED, arrow_filesystem, decoded, read_rows, with_teachers
+from ray_amalgam.distributed.pipeline import (
+    ENCODED,
+    arrow_filesystem,
+    decoded,
+    read_rows,
+    with_teachers,
+)
 from ray_amalgam.distributed.resources import ResourcePlan
 from ray_amalgam.io.checkpoints import checkpoint_hash
-from ray_amalgam.io.fs import atomic_directory, atomic_write_text, exists, join, read_bytes, resolve
+from ray_amalgam.io.fs import (
+    atomic_directory,
+    atomic_write_text,
+    exists,
+    join,
+    read_bytes,
+    resolve,
+)
 from ray_amalgam.io.metafile import read_json
 from ray_amalgam.io.shards import DATASET_META, ID, IMAGE, list_shards
 from ray_amalgam.spec import JobSpec

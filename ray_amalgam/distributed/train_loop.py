@@ -23,26 +23,17 @@ import torch
 import torch.distributed as dist
 
 from ray_amalgam.amalgamation import FINETUNE, AmalgamationPlan, Amalgamator
+from ray_amalgam.amalgamation.validation import load_teachers
 from ray_amalgam.distributed.pipeline import id_digest
 from ray_amalgam.distributed.progress import board_handle
-from ray_amalgam.io.checkpoints import load_teacher
 from ray_amalgam.io.fs import exists, join
 from ray_amalgam.io.shards import ID
-from ray_amalgam.models import MultiTaskNet, teacher_from_weights
 from ray_amalgam.spec import JobSpec
 
 ENGINE_WEIGHTS = "engine.safetensors"
 PROGRESS = "progress.json"
 EVENT_INTERVAL_S = 0.5
 FIDELITY_BATCH = 256
-
-
-def load_teachers(plan: AmalgamationPlan) -> dict[str, MultiTaskNet]:
-    models = {}
-    for name, url in plan.checkpoints.items():
-        meta, state = load_teacher(url)
-        models[name] = teacher_from_weights(meta, state, url)
-    return models
 
 
 def save_state(directory: str, engine: Amalgamator, history: dict[str, Any]) -> None:
@@ -146,15 +137,16 @@ def run_epoch(
     }
 
 
-def _fidelity(engine: Amalgamator, shard: Any) -> dict[str, float]:
-    """Fidelity on this worker's part of the check rows, summed over all workers: every worker
-    gets the same numbers, so branch-out decides the same everywhere (DDP needs one structure)."""
+def _fidelity(engine: Amalgamator, shard: Any) -> tuple[dict[str, float], int]:
+    """Fidelity on this worker's part of the check rows, summed over all workers, and the row
+    count: every worker gets the same numbers, so branch-out decides the same everywhere (DDP
+    needs one structure)."""
     batches = shard.iter_torch_batches(batch_size=FIDELITY_BATCH, collate_fn=collate)
     sums, count = engine.fidelity_sums({k: v for k, v in b.items() if k != ID} for b in batches)
     tasks = list(engine.plan.task_names)
     reduced = _all_reduce([sums.get(t, 0.0) for t in tasks] + [float(count)])
     total = max(reduced[-1], 1.0)
-    return {t: reduced[i] / total for i, t in enumerate(tasks) if t in sums}
+    return {t: reduced[i] / total for i, t in enumerate(tasks) if t in sums}, int(reduced[-1])
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -199,10 +191,10 @@ def train_loop(config: dict[str, Any]) -> None:
             )
             for epoch in range(1, epochs + 1):
                 history["epochs"].append(run_epoch(engine, model, train_shard, stage, epoch, epochs, job, world, reporter))
-            fidelity = _fidelity(engine, check_shard)
+            fidelity, samples = _fidelity(engine, check_shard)
         else:
-            fidelity = {}
-        record = engine.finish_stage(stage, fidelity)
+            fidelity, samples = {}, 0
+        record = engine.finish_stage(stage, fidelity, samples)
         history["records"].append(record)
         metrics = {"stage": stage, "stage_index": index, "stages": len(stages), **{f"fidelity/{t}": v for t, v in fidelity.items()}}
         reporter.send({"kind": "stage_done", "stage": stage, "stage_index": index, "stages": len(stages), "train_workers": world, "fidelity": fidelity}, force=True)

@@ -14,7 +14,14 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from ray_amalgam.io.fs import atomic_directory, exists, join, read_bytes, resolve, write_bytes
+from ray_amalgam.io.fs import (
+    atomic_directory,
+    exists,
+    join,
+    read_bytes,
+    resolve,
+    write_bytes,
+)
 from ray_amalgam.io.metafile import load_versioned, read_json
 from ray_amalgam.spec import TEACHER_FORMAT_VERSION, BadInputError, TeacherMeta
 

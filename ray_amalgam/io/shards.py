@@ -21,7 +21,13 @@ import pyarrow.parquet as pq
 from ray_amalgam.io.fs import atomic_directory, exists, join, resolve, write_bytes
 from ray_amalgam.io.images import decode_batch
 from ray_amalgam.io.metafile import load_versioned
-from ray_amalgam.spec import DATASET_FORMAT_VERSION, BadInputError, DatasetMeta, TaskSpec, dump_spec_json
+from ray_amalgam.spec import (
+    DATASET_FORMAT_VERSION,
+    BadInputError,
+    DatasetMeta,
+    TaskSpec,
+    dump_spec_json,
+)
 
 DATASET_META = "dataset.json"
 ID = "id"

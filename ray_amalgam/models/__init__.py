@@ -1,9 +1,26 @@
 """Staged backbones, multi-task teachers and the TargetNet student."""
 
-from ray_amalgam.models.backbones import StagedBackbone, create_backbone, list_backbones, register_backbone, scaled_channels
+from ray_amalgam.models.backbones import (
+    StagedBackbone,
+    create_backbone,
+    list_backbones,
+    register_backbone,
+    scaled_channels,
+)
 from ray_amalgam.models.heads import TaskHead
-from ray_amalgam.models.targetnet import Adapter, TargetNet, TaskBranch, build_targetnet, matching_block
-from ray_amalgam.models.teacher import MultiTaskNet, build_teacher, load_state_strict, teacher_from_weights
+from ray_amalgam.models.targetnet import (
+    Adapter,
+    TargetNet,
+    TaskBranch,
+    build_targetnet,
+    matching_block,
+)
+from ray_amalgam.models.teacher import (
+    MultiTaskNet,
+    build_teacher,
+    load_state_strict,
+    teacher_from_weights,
+)
 
 __all__ = [
     "Adapter",

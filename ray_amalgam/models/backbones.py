@@ -6,8 +6,8 @@ building blocks, so a width-1.0 backbone is the torchvision network minus its cl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import copy
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf

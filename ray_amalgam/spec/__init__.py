@@ -13,7 +13,12 @@ from ray_amalgam.spec.job import (
     StudentSpec,
     TeacherRef,
 )
-from ray_amalgam.spec.loading import dump_spec_json, load_spec_text, parse_spec, validation_message
+from ray_amalgam.spec.loading import (
+    dump_spec_json,
+    load_spec_text,
+    parse_spec,
+    validation_message,
+)
 from ray_amalgam.spec.student import STUDENT_FORMAT_VERSION, BranchSpec, StudentMeta
 from ray_amalgam.spec.tasks import TaskKind, TaskSpec
 from ray_amalgam.spec.teacher import (

@@ -10,7 +10,14 @@ import torch
 from ray_amalgam.amalgamation.supervised import load_labelled, train_teacher
 from ray_amalgam.io.checkpoints import save_teacher
 from ray_amalgam.io.synth import synthesize
-from ray_amalgam.spec import BackboneSpec, DataSpec, JobSpec, ScheduleSpec, StudentSpec, TeacherRef
+from ray_amalgam.spec import (
+    BackboneSpec,
+    DataSpec,
+    JobSpec,
+    ScheduleSpec,
+    StudentSpec,
+    TeacherRef,
+)
 
 TINY = BackboneSpec(arch="resnet18", width=0.25)
 

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from ray_amalgam.amalgamation import Amalgamator, hint_key, logits_key, make_plan, rank_hint_channels, teacher_outputs
+from ray_amalgam.amalgamation import (
+    Amalgamator,
+    hint_key,
+    logits_key,
+    make_plan,
+    rank_hint_channels,
+    teacher_outputs,
+)
 from ray_amalgam.io.images import to_tensor
 from ray_amalgam.models import build_teacher
 from ray_amalgam.spec import (
@@ -102,7 +109,7 @@ def test_teachers_and_earlier_trunk_blocks_stay_frozen_through_stages():
     engine = Amalgamator(plan, teachers, spec, torch.device("cpu"))
     batch = batch_for(plan, teachers, images(8))
     engine.train_step(batch)
-    engine.finish_stage("block1", engine.fidelity([batch]))
+    engine.finish_stage("block1", *engine.fidelity([batch]))
     block1 = snapshot(engine.trunk.blocks[0])
     block2 = snapshot(engine.trunk.blocks[1])
     for _ in range(2):
@@ -126,11 +133,11 @@ def test_resume_after_a_finished_stage_restores_state_and_progress():
     for stage in engine.stage_names()[:-1]:
         if not engine.skips(stage):
             engine.train_step(batch)
-        record = engine.finish_stage(stage, engine.fidelity([batch]) if not engine.skips(stage) else {})
+        record = engine.finish_stage(stage, *(engine.fidelity([batch]) if not engine.skips(stage) else ({}, 0)))
     assert record["branch_points"] == {"shape": 4, "tags": 2}
     assert engine.tasks_on_trunk(3) == ["shape"]
     engine.train_step(batch)  # finetune: builds the student with owned teacher-tail copies
-    engine.finish_stage("finetune", engine.fidelity([batch]))
+    engine.finish_stage("finetune", *engine.fidelity([batch]))
     resumed = Amalgamator(plan, teachers, spec, torch.device("cpu"))
     resumed.load(engine.state_dict(), engine.progress())
     assert resumed.current_stage() is None

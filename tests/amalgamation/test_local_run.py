@@ -6,9 +6,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ray_amalgam.amalgamation import amalgamate_local, kd_baseline, load_student, predict
-from ray_amalgam.io.images import to_tensor
+from ray_amalgam.amalgamation import (
+    amalgamate_local,
+    kd_baseline,
+    load_student,
+    predict,
+)
 from ray_amalgam.amalgamation.supervised import load_labelled
+from ray_amalgam.io.images import to_tensor
 
 CHANCE = {"color": 1 / 6, "position": 1 / 4}
 

@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from ray_amalgam.amalgamation.losses import distillation_loss, hint_loss, least_ambiguous, prediction_entropy
+from ray_amalgam.amalgamation.losses import (
+    distillation_loss,
+    hint_loss,
+    least_ambiguous,
+    prediction_entropy,
+)
 
 
 def test_multiclass_kd_matches_hand_computed_kl_scaled_by_t_squared():

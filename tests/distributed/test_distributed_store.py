@@ -8,7 +8,12 @@ import pytest
 
 from ray_amalgam.amalgamation import make_plan
 from ray_amalgam.distributed.resources import plan_resources
-from ray_amalgam.distributed.store import MANIFEST, ensure_store, read_store, target_columns
+from ray_amalgam.distributed.store import (
+    MANIFEST,
+    ensure_store,
+    read_store,
+    target_columns,
+)
 from ray_amalgam.io.checkpoints import read_teacher_meta
 
 from .conftest import TEACHER_TASKS, make_teacher

@@ -3,7 +3,15 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from ray_amalgam.io import check_shards, decode_image, join, list_shards, pack_folder, read_dataset_meta, read_shard
+from ray_amalgam.io import (
+    check_shards,
+    decode_image,
+    join,
+    list_shards,
+    pack_folder,
+    read_dataset_meta,
+    read_shard,
+)
 from ray_amalgam.spec import BadInputError
 
 

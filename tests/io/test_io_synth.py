@@ -2,7 +2,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ray_amalgam.io import SYNTH_TASKS, check_shards, decode_image, join, list_shards, read_shard, render_sample, synthesize
+from ray_amalgam.io import (
+    SYNTH_TASKS,
+    check_shards,
+    decode_image,
+    join,
+    list_shards,
+    read_shard,
+    render_sample,
+    synthesize,
+)
 from ray_amalgam.spec import BadInputError
 
 

@@ -13,7 +13,14 @@ from ray_amalgam.models import (
     load_state_strict,
     matching_block,
 )
-from ray_amalgam.spec import BackboneSpec, BadInputError, BranchSpec, StudentMeta, TaskSpec, TeacherMeta
+from ray_amalgam.spec import (
+    BackboneSpec,
+    BadInputError,
+    BranchSpec,
+    StudentMeta,
+    TaskSpec,
+    TeacherMeta,
+)
 
 SHAPE = TaskSpec(name="shape", kind="multiclass", classes=("circle", "square", "triangle"))
 ATTRS = TaskSpec(name="attrs", kind="multilabel", labels=("border", "rotated"))

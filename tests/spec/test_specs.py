@@ -3,8 +3,8 @@
 import pytest
 
 from ray_amalgam.spec import (
-    BadInputError,
     BackboneSpec,
+    BadInputError,
     JobSpec,
     TaskSpec,
     TeacherMeta,
