@@ -159,10 +159,9 @@ def model_costs(forwards: Mapping[str, torch.nn.Module], input_size: int) -> dic
     }
 
 
-def _markdown(report: dict[str, Any]) -> str:
+def report_tables(report: dict[str, Any]) -> list[str]:
+    """Markdown lines of a report's per-task and cost tables (shared by the local and Ray runners)."""
     lines = [
-        f"# Amalgamation report ({report['method']})",
-        "",
         "| task | fidelity | student acc | teacher acc | student mAP | teacher mAP | branch point |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -171,7 +170,7 @@ def _markdown(report: dict[str, Any]) -> str:
         shown = ["-" if v is None else f"{v:.3f}" for v in cells]
         lines.append(f"| {task} | " + " | ".join(shown) + f" | {report['branch_points'][task]} |")
     student, teachers = report["student"], report["teachers"]
-    lines += [
+    return lines + [
         "",
         "| model | params | MFLOPs / image | CPU ms / image |",
         "|---|---|---|---|",
@@ -179,7 +178,6 @@ def _markdown(report: dict[str, Any]) -> str:
         f"| teachers ({', '.join(teachers['names'])}) | {teachers['params']:,} | {teachers['flops'] / 1e6:.1f} | {teachers['latency_ms']:.3f} |",
         "",
     ]
-    return "\n".join(lines)
 
 
 def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: bool) -> dict[str, Any]:
@@ -230,7 +228,7 @@ def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: 
         "seconds": round(time.perf_counter() - started, 1),
     }
     atomic_write_text(join(job.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))
-    atomic_write_text(join(job.output, "report.md"), _markdown(report))
+    atomic_write_text(join(job.output, "report.md"), "\n".join([f"# Amalgamation report ({report['method']})", "", *report_tables(report)]))
     return report
 
 

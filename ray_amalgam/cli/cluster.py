@@ -7,7 +7,7 @@ from contextlib import nullcontext
 
 from ray_amalgam.cli.console import console, print_json, print_table
 from ray_amalgam.cli.data import positive
-from ray_amalgam.cli.jobs import load_job, print_task_report
+from ray_amalgam.cli.jobs import load_job, show_report
 from ray_amalgam.distributed import LiveView, run_demo, run_job
 
 
@@ -36,11 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     with _live_view(args.json) as view:
         report = run_job(job, source=args.job, address=args.address, resume=args.resume, progress_callback=view)
-    if args.json:
-        print_json(report)
-    else:
-        print_task_report(report)
-        console.print(f"student written to {report['student']['checkpoint']}; report in {job.output}/report.md")
+    show_report(report, job, args.json)
     return 0
 
 

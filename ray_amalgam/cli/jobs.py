@@ -47,15 +47,20 @@ def print_task_report(report: dict[str, Any]) -> None:
     ])
 
 
+def show_report(report: dict[str, Any], job: JobSpec, as_json: bool) -> None:
+    """A finished job's report: the JSON object, or the tables and where the outputs are."""
+    if as_json:
+        print_json(report)
+        return
+    print_task_report(report)
+    console.print(f"student written to {report['student']['checkpoint']}; report in {job.output}/report.md")
+
+
 def _amalgamate(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     with progress_bar(args.json) as progress:
         report = amalgamate_local(job, progress, source=args.job)
-    if args.json:
-        print_json(report)
-    else:
-        print_task_report(report)
-        console.print(f"student written to {report['student']['checkpoint']}; report in {job.output}/report.md")
+    show_report(report, job, args.json)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, --version and bad flags; keep main() a plain function
         return int(exit_.code or EXIT_OK)
+    if not args.debug:
+        # Ray's own warnings (token auth notice, disabled progress bars) would bury the live view.
+        logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         return int(args.handler(args) or EXIT_OK)
     except BadInputError as error:

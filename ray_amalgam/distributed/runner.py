@@ -27,7 +27,7 @@ from ray_amalgam.amalgamation import (
     rank_hint_channels,
     save_student,
 )
-from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, evaluate, model_costs
+from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, evaluate, model_costs, report_tables
 from ray_amalgam.amalgamation.supervised import holdout_mask, load_labelled
 from ray_amalgam.amalgamation.validation import load_teachers, validate_job
 from ray_amalgam.distributed.pipeline import (
@@ -171,21 +171,7 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Amalgamation report ({report['mode']} mode, {report['train_workers']} train worker(s))",
         "",
-        "| task | fidelity | student acc | teacher acc | student mAP | teacher mAP | branch point |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for task, row in report["tasks"].items():
-        cells = [row.get(k) for k in ("fidelity", "student_accuracy", "teacher_accuracy", "student_map", "teacher_map")]
-        shown = ["-" if v is None else f"{v:.3f}" for v in cells]
-        lines.append(f"| {task} | " + " | ".join(shown) + f" | {report['branch_points'][task]} |")
-    student, teachers = report["student"], report["teachers"]
-    lines += [
-        "",
-        "| model | params | MFLOPs / image | CPU ms / image |",
-        "|---|---|---|---|",
-        f"| student ({student['arch']} x{student['width']}) | {student['params']:,} | {student['flops'] / 1e6:.1f} | {student['latency_ms']:.3f} |",
-        f"| teachers ({', '.join(teachers['names'])}) | {teachers['params']:,} | {teachers['flops'] / 1e6:.1f} | {teachers['latency_ms']:.3f} |",
-        "",
+        *report_tables(report),
         "| stage | epochs | samples/s | fidelity | left trunk |",
         "|---|---|---|---|---|",
     ]

@@ -74,10 +74,11 @@ def test_stream_one_worker_survives_a_killed_teacher_actor(ray_cluster, new_job,
 
 
 @pytest.mark.timeout(300)
-def test_store_two_workers(ray_cluster, new_job, tmp_path):
-    report = run_job(new_job(resources={"num_workers": 2}), "job.yaml")
+@pytest.mark.parametrize("mode", ["store", "stream"])
+def test_two_workers(ray_cluster, new_job, tmp_path, mode):
+    report = run_job(new_job(teacher_outputs=mode, resources={"num_workers": 2}), "job.yaml")
     _check_outputs(report, tmp_path / "out", workers=2)
-    assert report["store_rebuilt"]
+    assert report.get("store_rebuilt", False) == (mode == "store")
     epochs = json.loads((tmp_path / "out" / "metrics.json").read_text())["epochs"]
     # 144 training rows split evenly over 2 workers: nothing dropped, nothing repeated.
     assert report["expected_rows"] % 2 == 0
