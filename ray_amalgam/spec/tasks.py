@@ -46,3 +46,28 @@ class TaskSpec(BaseModel):
     @property
     def num_outputs(self) -> int:
         return len(self.names)
+
+
+class TaskSet(BaseModel):
+    """Metadata that carries named tasks: names are unique, and a task is found by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: tuple[TaskSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_task_names(self) -> TaskSet:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names repeat: {names}")
+        return self
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)

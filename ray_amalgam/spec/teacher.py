@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ray_amalgam.spec.errors import BadInputError
-from ray_amalgam.spec.tasks import TaskSpec
+from ray_amalgam.spec.tasks import TaskSet, TaskSpec
 
 TEACHER_FORMAT_VERSION = 1
 
@@ -23,10 +23,8 @@ class BackboneSpec(BaseModel):
     small_input_stem: bool = False
 
 
-class TeacherMeta(BaseModel):
+class TeacherMeta(TaskSet):
     """Everything needed to rebuild and feed a teacher: the content of `teacher.json`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     format_version: int = TEACHER_FORMAT_VERSION
     backbone: BackboneSpec
@@ -34,23 +32,6 @@ class TeacherMeta(BaseModel):
     input_size: int = Field(ge=8)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-
-    @model_validator(mode="after")
-    def _unique_tasks(self) -> TeacherMeta:
-        names = [t.name for t in self.tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"task names repeat: {names}")
-        return self
-
-    def task(self, name: str) -> TaskSpec:
-        for t in self.tasks:
-            if t.name == name:
-                return t
-        raise KeyError(name)
-
-    @property
-    def task_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.tasks)
 
 
 def task_owners(teachers: dict[str, TeacherMeta]) -> dict[str, list[str]]:
