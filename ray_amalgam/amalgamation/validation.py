@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from ray_amalgam.amalgamation.plan import AmalgamationPlan, make_plan
 from ray_amalgam.io.checkpoints import load_teacher, read_teacher_meta
-from ray_amalgam.io.fs import atomic_write_text, join, resolve
+from ray_amalgam.io.fs import absolute_url, atomic_write_text, join, resolve
 from ray_amalgam.io.shards import list_shards, read_dataset_meta
 from ray_amalgam.models import MultiTaskNet, teacher_from_weights
 from ray_amalgam.spec import BadInputError, JobSpec, dump_spec_json
@@ -34,6 +34,16 @@ def check_output(job: JobSpec, source: str) -> None:
         raise BadInputError(f"{source}: output: {error}") from None
     except (OSError, ValueError) as error:
         raise BadInputError(f"{source}: output: cannot write to {job.output} ({type(error).__name__}: {error})") from None
+
+
+def with_absolute_paths(job: JobSpec) -> JobSpec:
+    """The job with local paths made absolute: Ray workers and Ray Train storage do not share
+    the driver's working directory."""
+    return job.model_copy(update={
+        "teachers": tuple(ref.model_copy(update={"checkpoint": absolute_url(ref.checkpoint)}) for ref in job.teachers),
+        "data": job.data.model_copy(update={"train": absolute_url(job.data.train), "eval": absolute_url(job.data.eval)}),
+        "output": absolute_url(job.output),
+    })
 
 
 def validate_job(job: JobSpec, source: str) -> AmalgamationPlan:

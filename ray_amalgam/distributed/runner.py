@@ -29,7 +29,7 @@ from ray_amalgam.amalgamation import (
 )
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, evaluate, model_costs, report_tables
 from ray_amalgam.amalgamation.supervised import holdout_mask, load_labelled
-from ray_amalgam.amalgamation.validation import load_teachers, validate_job
+from ray_amalgam.amalgamation.validation import load_teachers, validate_job, with_absolute_paths
 from ray_amalgam.distributed.pipeline import (
     decoded,
     id_digest,
@@ -207,6 +207,7 @@ def run_job(
     """
     started = time.perf_counter()
     emit = progress_callback or (lambda event: None)
+    job = with_absolute_paths(job)
     plan = validate_job(job, source)
     plan = _with_hints(job, plan)
     ray_started = time.perf_counter()

@@ -12,6 +12,7 @@ from ray_amalgam.io.checkpoints import (
     save_teacher,
 )
 from ray_amalgam.io.fs import (
+    absolute_url,
     atomic_directory,
     atomic_write_bytes,
     atomic_write_text,
@@ -42,6 +43,7 @@ from ray_amalgam.io.shards import (
 from ray_amalgam.io.synth import SYNTH_TASKS, render_sample, synthesize
 
 __all__ = [
+    "absolute_url",
     "DATASET_META",
     "ID",
     "IMAGE",

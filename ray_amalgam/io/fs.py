@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,11 @@ def resolve(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         raise BadInputError(f"{url}: {error}; install ray_amalgam[cloud] for s3:// and gs:// URLs") from None
     except ValueError as error:
         raise BadInputError(f"{url}: not a usable URL ({error}); expected a path or file://, s3://, gs://, memory:// URL") from None
+
+
+def absolute_url(url: str) -> str:
+    """A local path made absolute (Ray Train and pyarrow refuse relative ones); URLs unchanged."""
+    return url if "://" in url else os.path.abspath(url)
 
 
 def join(url: str, *parts: str) -> str:

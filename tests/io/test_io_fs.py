@@ -3,6 +3,7 @@ import importlib.util
 import pytest
 
 from ray_amalgam.io import (
+    absolute_url,
     atomic_directory,
     atomic_write_bytes,
     atomic_write_text,
@@ -85,3 +86,10 @@ def test_missing_cloud_backend_says_what_to_install():
 def test_unknown_protocol_is_bad_input():
     with pytest.raises(BadInputError, match="nosuch://x"):
         resolve("nosuch://x")
+
+
+def test_absolute_url_resolves_local_paths_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_url("runs/a") == str(tmp_path / "runs" / "a")
+    assert absolute_url("s3://bucket/runs/a") == "s3://bucket/runs/a"
+    assert absolute_url("memory://x") == "memory://x"
