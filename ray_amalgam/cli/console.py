@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from contextlib import contextmanager, redirect_stdout
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -57,8 +57,24 @@ def progress_bar(quiet: bool) -> Iterator[Progress]:
             raise
 
 
+_json_stream: TextIO | None = None
+
+
+@contextmanager
+def stdout_reserved_for_json() -> Iterator[None]:
+    """Under `--json`, stdout carries only the JSON summary: anything else printed meanwhile
+    (Ray prints raylet warnings to stdout from a thread) goes to stderr."""
+    global _json_stream
+    _json_stream = sys.stdout
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_stream = None
+
+
 def print_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    (_json_stream or sys.stdout).write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

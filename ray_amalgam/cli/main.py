@@ -6,12 +6,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from rich.markup import escape
 
 from ray_amalgam import __version__
 from ray_amalgam.cli import cluster, data, jobs, teachers
-from ray_amalgam.cli.console import console
+from ray_amalgam.cli.console import console, stdout_reserved_for_json
 from ray_amalgam.spec import BadInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -50,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ray's own warnings (token auth notice, disabled progress bars) would bury the live view.
         logging.getLogger("ray").setLevel(logging.ERROR)
     try:
-        return int(args.handler(args) or EXIT_OK)
+        with stdout_reserved_for_json() if args.json else nullcontext():
+            return int(args.handler(args) or EXIT_OK)
     except BadInputError as error:
         if args.debug:
             console.print_exception()

@@ -188,8 +188,9 @@ def _quiet_ray_data() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    for name in ("ray.data", "ray.train"):  # raise to WARNING, never lower what the caller chose
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
 
 
 def run_job(

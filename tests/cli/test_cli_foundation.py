@@ -134,3 +134,18 @@ def test_real_process_bad_input_has_no_traceback_unless_debug(tmp_path):
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and "dataset.json" in plain.stderr
     debug = subprocess.run([*argv, "--debug"], capture_output=True, text=True)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_json_mode_keeps_stdout_for_the_summary_only(capsys, synth_dir, monkeypatch):
+    import ray_amalgam.cli.data as data_commands
+
+    real_inspect = data_commands.inspect_dataset
+
+    def chatty_inspect(url):
+        print("a library printing to stdout")  # as Ray's raylet warnings do
+        return real_inspect(url)
+
+    monkeypatch.setattr(data_commands, "inspect_dataset", chatty_inspect)
+    code, out, err = run_cli(capsys, "data", "inspect", synth_dir, "--json")
+    assert code == 0 and json.loads(out)["rows"] == 240
+    assert "a library printing to stdout" in err
