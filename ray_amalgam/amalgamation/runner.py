@@ -108,11 +108,6 @@ def _train_stage(
                 )
 
 
-def _label_tasks(plan: AmalgamationPlan, url: str) -> list[str]:
-    offered = {t.name for t in read_dataset_meta(url).tasks}
-    return [t for t in plan.task_names if t in offered]
-
-
 @torch.inference_mode()
 def evaluate(
     student: TargetNet, plan: AmalgamationPlan, teachers: Mapping[str, MultiTaskNet], data: LabelledData, device: torch.device
@@ -156,6 +151,28 @@ def model_costs(forwards: Mapping[str, torch.nn.Module], input_size: int) -> dic
         "params": sum(count_params(m) for m in cpu.values()),
         "flops": sum(count_flops(m, input_size) for m in cpu.values()),
         "latency_ms": sum(cpu_latency_ms(m, input_size) for m in cpu.values()),
+    }
+
+
+def save_and_evaluate(
+    engine: Amalgamator, teachers: Mapping[str, MultiTaskNet], job: JobSpec, device: torch.device
+) -> dict[str, Any]:
+    """Write the finished student to `<output>/student` and evaluate it on `data.eval` against
+    its teachers: the report fields shared by the local and the Ray runner."""
+    plan = engine.plan
+    student = engine.student()
+    hashes = {name: checkpoint_hash(url) for name, url in plan.checkpoints.items()}
+    student_url = join(job.output, "student")
+    save_student(student_url, student, engine.student_meta(hashes))
+    offered = {t.name for t in read_dataset_meta(job.data.eval).tasks}
+    eval_data = load_labelled(job.data.eval, [t for t in plan.task_names if t in offered])
+    return {
+        "tasks": evaluate(student, plan, teachers, eval_data, device),
+        "branch_points": engine.branch_points(),
+        "student": {"checkpoint": student_url, "arch": plan.student.arch, "width": plan.student.width,
+                    **model_costs({"student": student}, plan.input_size)},
+        "teachers": {"names": list(plan.teachers), **model_costs(teachers, plan.input_size)},
+        "eval_samples": int(len(eval_data.ids)),
     }
 
 
@@ -209,22 +226,12 @@ def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: 
         _train_stage(engine, stage, train.images, targets, fit_rows, generator, progress)
         fidelity, samples = engine.fidelity(iter_rows(train.images, targets, check_rows, EVAL_BATCH))
         records.append(engine.finish_stage(stage, fidelity, samples))
-    student = engine.student()
-    hashes = {name: checkpoint_hash(url) for name, url in plan.checkpoints.items()}
-    meta = engine.student_meta(hashes)
-    student_url = join(job.output, "student")
-    save_student(student_url, student, meta)
-    eval_data = load_labelled(job.data.eval, _label_tasks(plan, job.data.eval))
     report = {
         "source": source,
         "method": "afk" if block_stages else "kd",
-        "tasks": evaluate(student, plan, teachers, eval_data, device),
         "stages": records,
-        "branch_points": engine.branch_points(),
-        "student": {"checkpoint": student_url, "arch": plan.student.arch, "width": plan.student.width, **model_costs({"student": student}, plan.input_size)},
-        "teachers": {"names": list(plan.teachers), **model_costs(teachers, plan.input_size)},
+        **save_and_evaluate(engine, teachers, job, device),
         "train_samples": int(len(fit_rows)),
-        "eval_samples": int(len(eval_data.ids)),
         "seconds": round(time.perf_counter() - started, 1),
     }
     atomic_write_text(join(job.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))

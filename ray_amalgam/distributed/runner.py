@@ -25,10 +25,9 @@ from ray_amalgam.amalgamation import (
     AmalgamationPlan,
     Amalgamator,
     rank_hint_channels,
-    save_student,
 )
-from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, evaluate, model_costs, report_tables
-from ray_amalgam.amalgamation.supervised import holdout_mask, load_labelled
+from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, report_tables, save_and_evaluate
+from ray_amalgam.amalgamation.supervised import holdout_mask
 from ray_amalgam.amalgamation.validation import load_teachers, validate_job, with_absolute_paths
 from ray_amalgam.distributed.pipeline import (
     decoded,
@@ -44,7 +43,6 @@ from ray_amalgam.distributed.progress import (
 from ray_amalgam.distributed.resources import ResourcePlan, connect
 from ray_amalgam.distributed.store import ensure_store, read_store, target_columns
 from ray_amalgam.distributed.train_loop import PROGRESS, read_state, train_loop
-from ray_amalgam.io.checkpoints import checkpoint_hash
 from ray_amalgam.io.fs import (
     atomic_write_bytes,
     atomic_write_text,
@@ -58,7 +56,6 @@ from ray_amalgam.io.shards import (
     IMAGE,
     iter_batches,
     list_shards,
-    read_dataset_meta,
 )
 from ray_amalgam.models import create_backbone
 from ray_amalgam.spec import JobSpec
@@ -287,12 +284,7 @@ def _finish(
     teachers = load_teachers(plan)
     engine = Amalgamator(plan, teachers, job, device)
     engine.load(weights, saved["engine"])
-    student = engine.student()
-    hashes = {name: checkpoint_hash(url) for name, url in plan.checkpoints.items()}
-    student_url = join(job.output, "student")
-    save_student(student_url, student, engine.student_meta(hashes))
-    eval_tasks = [t for t in plan.task_names if t in {x.name for x in read_dataset_meta(job.data.eval).tasks}]
-    eval_data = load_labelled(job.data.eval, eval_tasks)
+    evaluation = save_and_evaluate(engine, teachers, job, device)
     epochs = saved["epochs"]
     stages = []
     for record in saved["records"]:
@@ -310,13 +302,8 @@ def _finish(
         "mode": job.teacher_outputs,
         "train_workers": resources.train_workers,
         "resources": resources.as_dict(),
-        "tasks": evaluate(student, plan, teachers, eval_data, device),
         "stages": stages,
-        "branch_points": engine.branch_points(),
-        "student": {"checkpoint": student_url, "arch": plan.student.arch, "width": plan.student.width,
-                    **model_costs({"student": student}, plan.input_size)},
-        "teachers": {"names": list(plan.teachers), **model_costs(teachers, plan.input_size)},
-        "eval_samples": len(eval_data.ids),
+        **evaluation,
         "all_epochs_ids_exact": all(e["ids_exact"] for e in epochs),
         **info,
     }
