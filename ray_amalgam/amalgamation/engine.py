@@ -141,8 +141,12 @@ class Amalgamator:
         self.device = torch.device(device)
         self.block_stages = block_stages
         self.teachers = {name: teachers[name] for name in plan.teachers}
+        # On CUDA: bf16 autocast (losses in fp32) and channels_last, the fast layout for convs
+        # under autocast. The CPU path stays fp32 and contiguous.
+        self._cuda = self.device.type == "cuda"
+        self._memory_format = torch.channels_last if self._cuda else torch.contiguous_format
         for teacher in self.teachers.values():
-            teacher.requires_grad_(False).eval().to(self.device)
+            teacher.requires_grad_(False).eval().to(self.device, memory_format=self._memory_format)
         normalization = student_normalization(plan)
         self._mean = torch.tensor(normalization.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(normalization.std, device=self.device).view(1, 3, 1, 1)
@@ -159,7 +163,9 @@ class Amalgamator:
                 for block in range(1, trunk.num_blocks + 1)
             }
         self.num_blocks = trunk.num_blocks
-        self._parts = nn.ModuleDict({"trunk": trunk, "adapters": nn.ModuleDict(adapters)}).to(self.device)
+        self._parts = nn.ModuleDict({"trunk": trunk, "adapters": nn.ModuleDict(adapters)}).to(
+            self.device, memory_format=self._memory_format
+        )
         self._manual_points = (
             manual_branch_points(job.student.branch_out, plan.task_names, self.num_blocks)
             if isinstance(job.student.branch_out, dict)
@@ -320,7 +326,11 @@ class Amalgamator:
         x = self._tensor(images)
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[3] != 3:
             raise BadInputError(f"batch 'image': expected uint8 (N, H, W, 3) images, got {x.dtype} {tuple(x.shape)}")
-        return (x.permute(0, 3, 1, 2).float().div_(255.0) - self._mean) / self._std
+        x = (x.permute(0, 3, 1, 2).float().div_(255.0) - self._mean) / self._std
+        return x.contiguous(memory_format=self._memory_format)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._cuda)
 
     def _target(self, batch: Mapping[str, Any], task: str) -> Tensor:
         kind = self.plan_task(task).kind
@@ -347,26 +357,28 @@ class Amalgamator:
         net.train()
         x = self.normalize(batch["image"])
         hints = self._uses_hints(stage)
-        if hints:
-            logits, adapted = net(x, with_adapted=True)
-        else:
-            logits, adapted = net(x), {}
+        with self._autocast():
+            if hints:
+                logits, adapted = net(x, with_adapted=True)
+            else:
+                logits, adapted = net(x), {}
         schedule = self.job.schedule
-        values: dict[str, float] = {}
+        terms: dict[str, Tensor] = {}
         total = x.new_zeros(())
         for task, task_logits in logits.items():
-            loss = distillation_loss(task_logits, self._target(batch, task), self.plan_task(task).kind, schedule.temperature)
+            loss = distillation_loss(task_logits.float(), self._target(batch, task), self.plan_task(task).kind, schedule.temperature)
             total = total + schedule.task_weights.get(task, 1.0) * loss
-            values[f"loss/{task}"] = float(loss.detach())
+            terms[f"loss/{task}"] = loss.detach()
         if hints:
-            hint = self._hint_term(batch, adapted, int(stage.removeprefix("block")))
+            hint = self._hint_term(batch, {task: a.float() for task, a in adapted.items()}, int(stage.removeprefix("block")))
             total = total + self.job.hint.weight * hint
-            values["loss/hint"] = float(hint.detach())
+            terms["loss/hint"] = hint.detach()
         self._optimizer.zero_grad(set_to_none=True)
         total.backward()
         self._optimizer.step()
-        values["loss"] = float(total.detach())
-        return values
+        terms["loss"] = total.detach()
+        # One device-to-host copy for all loss values (one sync per step on CUDA, not one per task).
+        return dict(zip(terms, torch.stack(list(terms.values())).tolist()))
 
     def _hint_term(self, batch: Mapping[str, Any], adapted: Mapping[str, Tensor], block: int) -> Tensor:
         terms = []
@@ -391,9 +403,10 @@ class Amalgamator:
         sums: dict[str, float] = {}
         count = 0
         for batch in batches:
-            logits = module(self.normalize(batch["image"]))
+            with self._autocast():
+                logits = module(self.normalize(batch["image"]))
             for task, task_logits in logits.items():
-                match = fidelity_matches(task_logits, self._target(batch, task), self.plan_task(task).kind)
+                match = fidelity_matches(task_logits.float(), self._target(batch, task), self.plan_task(task).kind)
                 sums[task] = sums.get(task, 0.0) + float(match.sum())
             count += len(batch["image"])
         module.train(was_training)

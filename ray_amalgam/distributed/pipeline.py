@@ -4,6 +4,7 @@ teacher actor pool per teacher that appends the teacher's filtered outputs to ea
 from __future__ import annotations
 
 import hashlib
+import random
 from typing import Any
 
 import fsspec
@@ -69,11 +70,15 @@ def random_flip_shift(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
+@ray.remote(max_restarts=-1, max_task_retries=-1)
 class TeacherActor:
-    """One teacher, loaded once per actor from its checkpoint URL; appends its filtered outputs.
+    """One teacher, loaded once from its checkpoint URL, alive for the whole job.
 
-    Ray Data creates these actors (ActorPoolStrategy) and restarts a dead one, retrying its
-    unfinished batch, so each row still passes through exactly once.
+    Long-lived on purpose: Ray Data's own actor pools start new actors (a process, torch, the
+    checkpoint) for every execution, i.e. every epoch and stage; these are started once.
+    A killed actor is restarted by Ray and the call it was serving is retried, so each row
+    still gets its outputs exactly once. Constructor arguments are small (a URL, the plan) so
+    Ray keeps them inline, which restarts need.
     """
 
     def __init__(self, name: str, checkpoint: str, plan: AmalgamationPlan, board_name: str | None) -> None:
@@ -83,42 +88,75 @@ class TeacherActor:
         self.mean, self.std = meta.mean, meta.std
         self.device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
         self.model = teacher_from_weights(meta, state, checkpoint).to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.actor_id = ray.get_runtime_context().get_actor_id()
         self.board = board_handle(board_name) if board_name else None
         if self.board is not None:
             self.board.teacher_started.remote(self.actor_id, name, ray.get_runtime_context().current_actor)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = to_tensor(batch[IMAGE], self.mean, self.std).to(self.device)
+    def ready(self) -> str:
+        return self.name
+
+    def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """The teacher's filtered outputs for (N, H, W, 3) uint8 pixels."""
+        images = to_tensor(pixels, self.mean, self.std).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             outputs = teacher_outputs(self.model, self.name, images, self.plan)
-        for key, value in outputs.items():
-            # Logits travel as float32, kept hint channels as float16 (set by teacher_outputs).
-            batch[key] = value.cpu().numpy()
         if self.board is not None:
             self.board.teacher_batch.remote(self.actor_id, self.name)
-        return batch
+        # Logits travel as float32, kept hint channels as float16 (set by teacher_outputs).
+        return {key: value.cpu().numpy() for key, value in outputs.items()}
 
 
-def with_teachers(
-    ds: ray.data.Dataset, plan: AmalgamationPlan, resources: ResourcePlan, min_actors: int, max_actors: int,
-    batch_size: int, board_name: str | None,
-) -> ray.data.Dataset:
-    """Append every teacher's outputs, one actor pool per teacher."""
-    for name, checkpoint in plan.checkpoints.items():
-        gpu = {"num_gpus": resources.teacher_actor_gpus} if resources.teacher_actor_gpus > 0 else {}
-        ds = ds.map_batches(
-            TeacherActor,
-            fn_constructor_kwargs={"name": name, "checkpoint": checkpoint, "plan": plan, "board_name": board_name},
-            compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
-            num_cpus=resources.teacher_actor_cpus,
-            batch_size=batch_size,
-            batch_format="numpy",
-            # No max_restarts/max_task_retries here: Ray Data's actor pools default to -1 for
-            # both, i.e. a dead actor is restarted and its unfinished batch retried.
-            **gpu,
-        )
-    return ds
+class TeacherPools:
+    """`size` long-lived actors per teacher, started together; `close()` ends them."""
+
+    def __init__(self, plan: AmalgamationPlan, resources: ResourcePlan, size: int, board_name: str | None) -> None:
+        options: dict[str, Any] = {"num_cpus": resources.teacher_actor_cpus}
+        if resources.teacher_actor_gpus > 0:
+            options["num_gpus"] = resources.teacher_actor_gpus
+        self.actors = {
+            name: [TeacherActor.options(**options).remote(name, checkpoint, plan, board_name) for _ in range(size)]
+            for name, checkpoint in plan.checkpoints.items()
+        }
+
+    def wait_ready(self) -> None:
+        ray.get([actor.ready.remote() for actors in self.actors.values() for actor in actors])
+
+    def close(self) -> None:
+        for actors in self.actors.values():
+            for actor in actors:
+                ray.kill(actor)
+
+    def __enter__(self) -> TeacherPools:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def append_teacher_outputs(batch: dict[str, np.ndarray], actors: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+    """Ask one actor of every teacher pool at once (picked at random, which spreads a pool's
+    load) and append their outputs to the batch."""
+    pixels = ray.put(batch[IMAGE])  # one copy in the object store, read by every teacher
+    calls = [random.choice(pool).outputs.remote(pixels) for pool in actors.values()]
+    for outputs in ray.get(calls):
+        batch.update(outputs)
+    return batch
+
+
+def with_teachers(ds: ray.data.Dataset, pools: TeacherPools, resources: ResourcePlan, batch_size: int) -> ray.data.Dataset:
+    """Append every teacher's outputs: small CPU tasks that call the long-lived teacher actors."""
+    return ds.map_batches(
+        append_teacher_outputs,
+        fn_kwargs={"actors": pools.actors},
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=resources.data_task_cpus,
+    )
 
 
 def decoded(ds: ray.data.Dataset, where: str, resources: ResourcePlan, batch_size: int, keep_encoded: bool, augment: bool) -> ray.data.Dataset:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from dataclasses import asdict, dataclass
 
 import ray
@@ -30,6 +31,18 @@ even while every teacher actor and train worker is placed: this is what prevents
 'Cluster resources are not enough to run any task' hang."""
 
 
+GPU_WORKER_CPUS = 2.0
+"""Per GPU train worker: its Python thread and its batch loader. The GPU does the math; every
+other core of the node is worth more to Ray Data's reads and decodes and to the teacher actors,
+which feed it (a GPU worker holding all cores starves them and the GPU idles)."""
+
+PROCESS_MEMORY_BYTES = 1 << 30
+"""What one train worker or teacher actor process takes here (measured: 1.0-1.3 GB with torch
+loaded); a local Ray that would need more than the machine has is refused before it starts."""
+
+ADDRESS_TIMEOUT_S = 5.0
+
+
 @dataclass(frozen=True)
 class ResourcePlan:
     """What each part of the job requests; `cluster_cpus` is what the local Ray was started with."""
@@ -47,14 +60,37 @@ class ResourcePlan:
 
     @property
     def needed_cpus(self) -> float:
+        """CPUs for everything at its largest: what an embedded local Ray is started with."""
         return (
             self.train_workers * self.worker_cpus
             + self.teacher_actors_max * self.teacher_actor_cpus
             + DATA_TASK_BUDGET
         )
 
+    @property
+    def min_gpus(self) -> float:
+        """GPUs the job holds at once with its smallest teacher pools: train workers and actors share them."""
+        return self.train_workers * self.worker_gpus + self.teacher_actors_min * self.teacher_actor_gpus
+
+    @property
+    def min_cpus(self) -> float:
+        """CPUs that train workers, the smallest teacher pools and the data tasks need side by side."""
+        return self.train_workers * self.worker_cpus + self.teacher_actors_min * self.teacher_actor_cpus + DATA_TASK_BUDGET
+
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def teacher_pool_size(plan: ResourcePlan, num_teachers: int) -> int:
+    """Actors per teacher pool: the largest size whose actors can all be placed now, at least the
+    minimum. Every actor of a pool gets calls, so one that could never start would stall them."""
+    per_pool_min = plan.teacher_actors_min // max(num_teachers, 1)
+    per_pool_max = plan.teacher_actors_max // max(num_teachers, 1)
+    free = ray.available_resources()  # train workers start later: keep their share
+    fits = [(free.get("CPU", 0.0) - plan.train_workers * plan.worker_cpus - DATA_TASK_BUDGET) / plan.teacher_actor_cpus]
+    if plan.teacher_actor_gpus > 0:
+        fits.append((free.get("GPU", 0.0) - plan.train_workers * plan.worker_gpus) / plan.teacher_actor_gpus)
+    return max(per_pool_min, min(per_pool_max, int(min(fits)) // max(num_teachers, 1)))
 
 
 def physical_cpus() -> int:
@@ -68,13 +104,16 @@ def physical_cpus() -> int:
 def plan_resources(job: JobSpec, num_teachers: int, local: bool) -> ResourcePlan:
     """Requests for a job with `num_teachers` teacher pools.
 
-    A train worker asks for a whole share of the machine when Ray is local (physical cores
-    divided among the workers, at least 1) because Ray sets its torch thread count from it;
-    on a cluster it asks for 1 CPU and Ray spreads workers over nodes. The local cluster is
-    sized to max(physical cores, everything placed at once).
+    A GPU train worker asks for GPU_WORKER_CPUS. A CPU train worker asks for a whole share of
+    the machine when Ray is local (physical cores divided among the workers, at least 1)
+    because its torch threads follow it; on a cluster it asks for 1 CPU and Ray spreads
+    workers over nodes. The local cluster is sized to max(physical cores, everything placed at once).
     """
     res = job.resources
-    worker_cpus = float(max(1, physical_cpus() // res.num_workers)) if local else 1.0
+    if res.gpus_per_worker > 0:
+        worker_cpus = GPU_WORKER_CPUS
+    else:
+        worker_cpus = float(max(1, physical_cpus() // res.num_workers)) if local else 1.0
     actors_max = res.teacher_actors.max * num_teachers
     plan = ResourcePlan(
         train_workers=res.num_workers,
@@ -102,6 +141,7 @@ def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePla
         plan = plan_resources(job, num_teachers, local=address is None)
     elif address is None:
         plan = plan_resources(job, num_teachers, local=True)
+        check_local_machine(plan)
         ray.init(
             num_cpus=int(plan.cluster_cpus),
             include_dashboard=False,
@@ -110,12 +150,49 @@ def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePla
         )
     else:
         plan = plan_resources(job, num_teachers, local=False)
+        check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as error:
             raise BadInputError(f"--address {address}: cannot join the Ray cluster ({str(error).splitlines()[0]})") from None
     check_cluster(plan, ray.cluster_resources())
     return plan
+
+
+def check_reachable(address: str) -> None:
+    """BadInputError within ADDRESS_TIMEOUT_S when nothing listens at a host:port address
+    (ray.init would otherwise retry for minutes); `auto` and `ray://` addresses pass through."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise BadInputError(f"--address {address}: expected HOST:PORT of a Ray head (GCS), 'auto' or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
+            pass
+    except OSError as error:
+        raise BadInputError(f"--address {address}: no Ray cluster reachable there ({error.strerror or error})") from None
+
+
+def total_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_local_machine(plan: ResourcePlan) -> None:
+    """BadInputError naming the field when a local Ray on this machine could never hold the job."""
+    cores = physical_cpus()
+    if plan.worker_gpus == 0 and plan.train_workers > cores:
+        raise BadInputError(
+            f"resources.num_workers: {plan.train_workers} CPU train workers on a local Ray, but this machine has {cores} cores; "
+            f"expected at most {cores} (or join a larger cluster with --address)"
+        )
+    processes = plan.train_workers + plan.teacher_actors_min
+    needed, total = processes * PROCESS_MEMORY_BYTES, total_memory_bytes()
+    if needed > total:
+        raise BadInputError(
+            f"resources.num_workers: {plan.train_workers} train workers and {plan.teacher_actors_min} teacher actors need about "
+            f"{needed / 2**30:.0f} GiB, but this machine has {total / 2**30:.0f} GiB"
+        )
 
 
 def check_cluster(plan: ResourcePlan, totals: dict[str, float]) -> None:
@@ -126,13 +203,15 @@ def check_cluster(plan: ResourcePlan, totals: dict[str, float]) -> None:
         raise BadInputError(f"resources.gpus_per_worker: {plan.worker_gpus} GPUs per worker requested, but the Ray cluster has no GPU")
     if plan.teacher_actor_gpus > 0 and gpus == 0:
         raise BadInputError(f"resources.teacher_gpu_fraction: {plan.teacher_actor_gpus} requested, but the Ray cluster has no GPU")
-    if plan.train_workers * plan.worker_gpus > gpus:
-        raise BadInputError(
-            f"resources.num_workers: {plan.train_workers} workers x {plan.worker_gpus} GPUs exceed the cluster's {gpus:g} GPUs"
-        )
     # Train workers, the smallest teacher pools and the data tasks must fit side by side
     # (stream mode runs them together); otherwise the job would wait forever.
-    needed = plan.train_workers * plan.worker_cpus + plan.teacher_actors_min * plan.teacher_actor_cpus + DATA_TASK_BUDGET
+    if plan.min_gpus > gpus:
+        raise BadInputError(
+            f"resources.num_workers: {plan.train_workers} train workers x {plan.worker_gpus:g} GPU and "
+            f"{plan.teacher_actors_min} teacher actors x {plan.teacher_actor_gpus:g} GPU need {plan.min_gpus:g} GPUs at once, "
+            f"but the Ray cluster has {gpus:g}"
+        )
+    needed = plan.min_cpus
     if needed > cpus:
         raise BadInputError(
             f"resources.num_workers: {plan.train_workers} train workers x {plan.worker_cpus:g} CPU, "

@@ -30,6 +30,7 @@ from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, report_tables, sav
 from ray_amalgam.amalgamation.supervised import holdout_mask
 from ray_amalgam.amalgamation.validation import load_teachers, validate_job, with_absolute_paths
 from ray_amalgam.distributed.pipeline import (
+    TeacherPools,
     decoded,
     id_digest,
     read_rows,
@@ -40,7 +41,7 @@ from ray_amalgam.distributed.progress import (
     ProgressCallback,
     ProgressPoller,
 )
-from ray_amalgam.distributed.resources import ResourcePlan, connect
+from ray_amalgam.distributed.resources import ResourcePlan, connect, teacher_pool_size
 from ray_amalgam.distributed.store import ensure_store, read_store, target_columns
 from ray_amalgam.distributed.train_loop import PROGRESS, read_state, train_loop
 from ray_amalgam.io.fs import (
@@ -94,18 +95,37 @@ def _train_ids(url: str) -> tuple[list[str], int]:
     return [i for i, h in zip(ids, held) if not h], int(held.sum())
 
 
+MATERIALIZE_FRACTION = 0.5
+"""Share of the object store that decoded training rows may fill to be kept in memory for the
+whole job; a larger store is streamed from its files (and decoded) every epoch."""
+
+
+def decoded_row_bytes(plan: AmalgamationPlan) -> int:
+    """Object-store bytes of one decoded row: pixels, float32 logits, float16 hints, id."""
+    pixels = plan.input_size**2
+    logits = sum(len(task.classes) * len(plan.sources[task.name]) for task in plan.tasks) * 4
+    hint_channels = sum(len(channels) for blocks in plan.hint_channels.values() for channels in blocks.values())
+    return pixels * 3 + logits + hint_channels * pixels * 2 + 64  # a block's map is never larger than the input
+
+
+def fits_in_memory(rows: int, plan: AmalgamationPlan) -> bool:
+    budget = ray.cluster_resources().get("object_store_memory", 0.0) * MATERIALIZE_FRACTION
+    return rows * decoded_row_bytes(plan) <= budget
+
+
 def build_datasets(
-    job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, held_rows: int, board: str, emit: Callable[[dict[str, Any]], None],
+    job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, held_rows: int, board: str,
+    emit: Callable[[dict[str, Any]], None], pools: TeacherPools | None,
 ) -> tuple[ray.data.Dataset, ray.data.Dataset, dict[str, Any]]:
     """(train, check) datasets in the engine's batch format, and how they were made.
 
-    `store`: one teacher pass writes (or reuses) the store; training reads only the needed columns.
-    `stream`: teachers run live on the training rows every epoch.
-    The check rows (the small held-out share for fidelity) are materialized in the object store
-    in both modes: their targets never change, and re-running a pipeline for them after every
-    stage would cost its start-up time each time.
+    `store`: one teacher pass writes (or reuses) the store; its rows are decoded once and kept
+    in the object store for every epoch and stage when they fit (MATERIALIZE_FRACTION).
+    `stream`: `pools` (long-lived teacher actors) run on the training rows every epoch.
+    The check rows (the small held-out share for fidelity) are materialized in both modes:
+    their targets never change.
     """
-    res, batch = job.resources, job.resources.teacher_batch_size
+    batch = job.resources.teacher_batch_size
     held = held_rows > 0  # with no held-out row, fidelity is measured on the training rows
     columns = [ID, IMAGE, *target_columns(plan)]
     if job.teacher_outputs == "store":
@@ -114,17 +134,20 @@ def build_datasets(
         store = ensure_store(job, plan, "train", job.data.train, join(job.output, STORE_DIR), resources, [], board)
         info = {"store": store.url, "store_rebuilt": store.rebuilt, "store_seconds": round(time.perf_counter() - started, 2)}
         emit({"kind": "store", "phase": "ready", **info})
-        rows = read_store(store, columns, resources)
-        train = decoded(_split(rows, False, resources), store.url, resources, batch, keep_encoded=False, augment=False)
-        check = decoded(_split(rows, held, resources), store.url, resources, batch, keep_encoded=False, augment=False)
-        return train, check.materialize(), info
+        started = time.perf_counter()
+        rows = decoded(read_store(store, columns, resources), store.url, resources, batch, keep_encoded=False, augment=False)
+        in_memory = fits_in_memory(store.num_rows, plan)
+        if in_memory:
+            rows = rows.materialize()
+        check = _split(rows, held, resources).materialize()
+        info.update({"store_in_memory": in_memory, "store_load_seconds": round(time.perf_counter() - started, 2)})
+        return _split(rows, False, resources), check, info
+    assert pools is not None, "stream mode needs teacher pools"
     rows = read_rows(list_shards(job.data.train), [ID, IMAGE], resources)
     train = decoded(_split(rows, False, resources), job.data.train, resources, batch, keep_encoded=False, augment=job.schedule.augment)
-    train = with_teachers(train, plan, resources, res.teacher_actors.min, res.teacher_actors.max, batch, board)
     check = decoded(_split(rows, held, resources), job.data.train, resources, batch, keep_encoded=False, augment=False)
     emit({"kind": "check_targets", "phase": "computing"})
-    check = with_teachers(check, plan, resources, res.teacher_actors.min, res.teacher_actors.max, batch, board).materialize()
-    return train, check, {}
+    return with_teachers(train, pools, resources, batch), with_teachers(check, pools, resources, batch).materialize(), {}
 
 
 def latest_checkpoint(storage: str) -> str | None:
@@ -220,19 +243,25 @@ def run_job(
         fs.rm(path, recursive=True)
     board_name = f"ray_amalgam_progress_{uuid.uuid4().hex[:12]}"
     board = ProgressBoard.options(name=board_name).remote()
-    train_ids, held_rows = _train_ids(job.data.train)
-    expected_count, expected_digest = id_digest(train_ids)
-    num_blocks = create_backbone(plan.student).num_blocks
-    stage_epochs = [job.schedule.stage_epochs] * num_blocks + [job.schedule.finetune_epochs]
-    extra = {"mode": job.teacher_outputs, "train_workers": job.resources.num_workers, "rows": expected_count}
-
-    def forward(event: dict[str, Any]) -> None:
-        emit({**event, **_eta_fields(event, stage_epochs, expected_count)})
-
+    pools = None
+    if job.teacher_outputs == "stream":  # started first: the actors load while the ids are listed
+        pools = TeacherPools(plan, resources, teacher_pool_size(resources, len(plan.teachers)), board_name)
     try:
+        train_ids, held_rows = _train_ids(job.data.train)
+        expected_count, expected_digest = id_digest(train_ids)
+        num_blocks = create_backbone(plan.student).num_blocks
+        stage_epochs = [job.schedule.stage_epochs] * num_blocks + [job.schedule.finetune_epochs]
+        extra = {"mode": job.teacher_outputs, "train_workers": job.resources.num_workers, "rows": expected_count}
+
+        def forward(event: dict[str, Any]) -> None:
+            emit({**event, **_eta_fields(event, stage_epochs, expected_count)})
+
         with ProgressPoller(board, forward, extra) as poller:
-            train, check, data_info = build_datasets(job, plan, resources, held_rows, board_name, poller.emit)
+            data_started = time.perf_counter()
+            train, check, data_info = build_datasets(job, plan, resources, held_rows, board_name, poller.emit, pools)
+            data_seconds = time.perf_counter() - data_started
             gpu = {"GPU": resources.worker_gpus} if resources.worker_gpus > 0 else {}
+            fit_started_at = time.time()  # the origin of the workers' timeline (wall clock: they run elsewhere)
             trainer = TorchTrainer(
                 train_loop,
                 train_loop_config={
@@ -241,6 +270,7 @@ def run_job(
                     "threads": max(1, int(resources.worker_cpus)),
                     "board": board_name,
                     "resume_from": resume_from,
+                    "fit_started_at": fit_started_at,
                 },
                 scaling_config=ray.train.ScalingConfig(
                     num_workers=resources.train_workers,
@@ -260,12 +290,16 @@ def run_job(
             result = trainer.fit()
             fit_seconds = time.perf_counter() - fit_started
     finally:
+        if pools is not None:
+            pools.close()
         ray.kill(board)
     with result.checkpoint.as_directory() as directory:
         weights, saved = read_state(directory)
     return _finish(job, plan, weights, saved, resources, {
         **data_info,
         "ray_start_seconds": round(ray_seconds, 2),
+        "data_seconds": round(data_seconds, 2),
+        "fit_started_at": fit_started_at,
         "fit_seconds": round(fit_seconds, 2),
         "seconds": round(time.perf_counter() - started, 2),
         "resumed_from": resume_from,
@@ -293,7 +327,7 @@ def _finish(
         stages.append({**record, "epochs": len(runs), "samples_per_s": rate})
     for epoch in epochs:
         epoch["ids_exact"] = epoch["rows_seen"] == info["expected_rows"] and epoch["id_digest"] == info["expected_id_digest"]
-    history = {"stages": stages, "epochs": epochs, "branch_out": {"branch_points": engine.branch_points(), "decisions": [
+    history = {"stages": stages, "epochs": epochs, "timeline": saved.get("timeline", []), "branch_out": {"branch_points": engine.branch_points(), "decisions": [
         {"stage": s["stage"], "fidelity": s["fidelity"], "left_trunk": s["left_trunk"]} for s in stages
     ], "mode": "manual" if isinstance(job.student.branch_out, dict) else "auto", "tolerance": job.student.branch_tolerance}}
     _write_metrics(job, history)

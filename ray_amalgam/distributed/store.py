@@ -21,12 +21,13 @@ import ray.data
 from ray_amalgam.amalgamation import AmalgamationPlan, hint_key, logits_key
 from ray_amalgam.distributed.pipeline import (
     ENCODED,
+    TeacherPools,
     arrow_filesystem,
     decoded,
     read_rows,
     with_teachers,
 )
-from ray_amalgam.distributed.resources import ResourcePlan
+from ray_amalgam.distributed.resources import ResourcePlan, teacher_pool_size
 from ray_amalgam.io.checkpoints import checkpoint_hash
 from ray_amalgam.io.fs import (
     atomic_directory,
@@ -128,12 +129,14 @@ def ensure_store(
     if found is not None:
         return found
     _remove_stale(root, split, keep=store_url)
-    res = job.resources
-    ds = read_rows(list_shards(data_url), [ID, IMAGE, *extra_columns], resources)
-    ds = decoded(ds, data_url, resources, res.teacher_batch_size, keep_encoded=True, augment=False)
-    ds = with_teachers(ds, plan, resources, res.teacher_actors.min, res.teacher_actors.max, res.teacher_batch_size, board_name)
-    ds = ds.drop_columns([IMAGE]).rename_columns({ENCODED: IMAGE}).select_columns(needed)
-    with atomic_directory(store_url) as tmp:
+    batch = job.resources.teacher_batch_size
+    # The actors load their checkpoints while the shards are listed and the pass is planned.
+    with TeacherPools(plan, resources, teacher_pool_size(resources, len(plan.teachers)), board_name) as pools, \
+            atomic_directory(store_url) as tmp:
+        ds = read_rows(list_shards(data_url), [ID, IMAGE, *extra_columns], resources)
+        ds = decoded(ds, data_url, resources, batch, keep_encoded=True, augment=False)
+        ds = with_teachers(ds, pools, resources, batch)
+        ds = ds.drop_columns([IMAGE]).rename_columns({ENCODED: IMAGE}).select_columns(needed)
         fs, tmp_path = resolve(tmp)
         ds.write_parquet(tmp_path, filesystem=arrow_filesystem(fs))
         entries = []

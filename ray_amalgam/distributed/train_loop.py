@@ -7,11 +7,13 @@ last finished stage.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,10 +22,10 @@ import ray.train
 import ray.train.torch
 import safetensors.torch
 import torch
-import torch.distributed as dist
 
 from ray_amalgam.amalgamation import FINETUNE, AmalgamationPlan, Amalgamator
 from ray_amalgam.amalgamation.validation import load_teachers
+from ray_amalgam.distributed.collectives import sum_across_workers, sum_digests_across_workers
 from ray_amalgam.distributed.pipeline import id_digest
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.io.fs import exists, join
@@ -52,28 +54,43 @@ def read_state(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
     return safetensors.torch.load_file(os.path.join(directory, ENGINE_WEIGHTS)), progress
 
 
-def collate(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Numeric columns to CPU tensors (the engine moves them to its device); ids stay strings."""
-    return {key: (value if key == ID else torch.from_numpy(np.ascontiguousarray(value))) for key, value in batch.items()}
+PREFETCH_BATCHES = 4
+"""Batches the loader keeps ready ahead of the step: deep enough to hide a decode hiccup."""
 
 
-def _all_reduce(values: list[float]) -> list[float]:
-    """Sum across workers (identity with one worker)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+def collate(batch: Mapping[str, np.ndarray], pin: bool = False) -> dict[str, Any]:
+    """Numeric columns to CPU tensors, page-locked when `pin` (a CUDA worker: the engine's
+    non-blocking copy then overlaps the step); ids stay strings."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key == ID:
+            out[key] = value
+            continue
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+        out[key] = tensor.pin_memory() if pin else tensor
+    return out
 
 
-def _digest_reduce(count: int, total: int) -> tuple[int, int]:
-    """Sum (count, hash sum mod 2**64) over workers exactly: hashes travel as two 32-bit halves."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return count, total
-    tensor = torch.tensor([count, total >> 32, total & 0xFFFFFFFF], dtype=torch.int64)
-    dist.all_reduce(tensor)
-    count, high, low = (int(v) for v in tensor.tolist())
-    return count, ((high << 32) + low) % (1 << 64)
+def batches(shard: Any, batch_size: int, device: torch.device, prefetch: int = PREFETCH_BATCHES) -> Any:
+    collate_fn = functools.partial(collate, pin=device.type == "cuda")
+    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn, prefetch_batches=prefetch)
+
+
+class Timeline:
+    """When each fixed-cost step of the run happened, in seconds since the driver started `fit`."""
+
+    def __init__(self, fit_started_at: float) -> None:
+        self.origin = fit_started_at
+        self.events: list[dict[str, Any]] = []
+
+    def mark(self, event: str, stage: str | None = None, seconds: float | None = None) -> None:
+        self.events.append({"event": event, "stage": stage, "at_s": round(time.time() - self.origin, 3), "seconds": seconds})
+
+    @contextlib.contextmanager
+    def span(self, event: str, stage: str | None = None) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.mark(event, stage, round(time.perf_counter() - started, 3))
 
 
 class Reporter:
@@ -101,9 +118,8 @@ def run_epoch(
     started = time.perf_counter()
     samples, loss_sum, steps = 0, 0.0, 0
     count, hash_sum = 0, 0
-    batches = shard.iter_torch_batches(batch_size=job.schedule.batch_size, collate_fn=collate, prefetch_batches=2)
     first_batch_s, first_batch_rows = None, 0
-    for batch in batches:
+    for batch in batches(shard, job.schedule.batch_size, engine.device):
         if first_batch_s is None:
             first_batch_s, first_batch_rows = time.perf_counter() - started, len(batch["image"])
         c, h = id_digest(batch.pop(ID))
@@ -118,11 +134,11 @@ def run_epoch(
             "samples_per_s": samples * world / max(elapsed, 1e-9), "loss": losses["loss"], "train_workers": world,
         })
     seconds = time.perf_counter() - started
-    total_samples, total_loss, total_steps = _all_reduce([samples, loss_sum, steps])
+    total_samples, total_loss, total_steps = sum_across_workers([samples, loss_sum, steps])
     # Steady state: after the first batch, whose wait is the pipeline's start-up cost.
     steady_seconds = seconds - (first_batch_s or 0.0)
     steady = (samples - first_batch_rows) * world / steady_seconds if steady_seconds > 0 and steps > 1 else None
-    rows_seen, digest = _digest_reduce(count, hash_sum)
+    rows_seen, digest = sum_digests_across_workers(count, hash_sum)
     return {
         "stage": stage,
         "epoch": epoch,
@@ -141,23 +157,26 @@ def _fidelity(engine: Amalgamator, shard: Any) -> tuple[dict[str, float], int]:
     """Fidelity on this worker's part of the check rows, summed over all workers, and the row
     count: every worker gets the same numbers, so branch-out decides the same everywhere (DDP
     needs one structure)."""
-    batches = shard.iter_torch_batches(batch_size=FIDELITY_BATCH, collate_fn=collate)
-    sums, count = engine.fidelity_sums({k: v for k, v in b.items() if k != ID} for b in batches)
+    rows = batches(shard, FIDELITY_BATCH, engine.device)
+    sums, count = engine.fidelity_sums({k: v for k, v in b.items() if k != ID} for b in rows)
     tasks = list(engine.plan.task_names)
-    reduced = _all_reduce([sums.get(t, 0.0) for t in tasks] + [float(count)])
+    reduced = sum_across_workers([sums.get(t, 0.0) for t in tasks] + [float(count)])
     total = max(reduced[-1], 1.0)
     return {t: reduced[i] / total for i, t in enumerate(tasks) if t in sums}, int(reduced[-1])
 
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point; `config`: job (JSON dict), plan, threads, board (actor name), resume_from (URL)."""
+    timeline = Timeline(config["fit_started_at"])
+    timeline.mark("worker_started")
     job = JobSpec.model_validate(config["job"])
     plan: AmalgamationPlan = config["plan"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config["threads"])
     device = ray.train.torch.get_device()
-    engine = Amalgamator(plan, load_teachers(plan), job, device)
+    with timeline.span("setup"):
+        engine = Amalgamator(plan, load_teachers(plan), job, device)
     history: dict[str, Any] = {"records": [], "epochs": [], "restored_from": None}
     # A retry inside this run (FailureConfig) gets Ray's latest checkpoint; a `--resume`d run also
     # gets the one the driver found in the output's storage. Ray's own may be older (its snapshot
@@ -175,6 +194,8 @@ def train_loop(config: dict[str, Any]) -> None:
         weights, saved = max(restored, key=lambda state: len(state[1]["engine"]["finished"]))
         engine.load(weights, saved["engine"])
         history = {"records": saved["records"], "epochs": saved["epochs"], "restored_from": saved["engine"]["finished"][-1]}
+        timeline.events[:0] = saved.get("timeline", [])
+    history["timeline"] = timeline.events
     reporter = Reporter(config.get("board"), rank)
     train_shard = ray.train.get_dataset_shard("train")
     check_shard = ray.train.get_dataset_shard("check")
@@ -186,19 +207,23 @@ def train_loop(config: dict[str, Any]) -> None:
             epochs = job.schedule.finetune_epochs if stage == FINETUNE else job.schedule.stage_epochs
             # find_unused_parameters: a stage may hold modules no loss reaches for some batches
             # (e.g. hint adapters); DDP would otherwise stall waiting for their gradients.
-            model = ray.train.torch.prepare_model(
-                engine.stage_module(stage), parallel_strategy_kwargs={"find_unused_parameters": True}
-            )
+            with timeline.span("prepare_model", stage):
+                model = ray.train.torch.prepare_model(
+                    engine.stage_module(stage), parallel_strategy_kwargs={"find_unused_parameters": True}
+                )
             for epoch in range(1, epochs + 1):
-                history["epochs"].append(run_epoch(engine, model, train_shard, stage, epoch, epochs, job, world, reporter))
-            fidelity, samples = _fidelity(engine, check_shard)
+                with timeline.span("epoch", stage):
+                    history["epochs"].append(run_epoch(engine, model, train_shard, stage, epoch, epochs, job, world, reporter))
+            with timeline.span("fidelity", stage):
+                fidelity, samples = _fidelity(engine, check_shard)
         else:
             fidelity, samples = {}, 0
         record = engine.finish_stage(stage, fidelity, samples)
         history["records"].append(record)
         metrics = {"stage": stage, "stage_index": index, "stages": len(stages), **{f"fidelity/{t}": v for t, v in fidelity.items()}}
         reporter.send({"kind": "stage_done", "stage": stage, "stage_index": index, "stages": len(stages), "train_workers": world, "fidelity": fidelity}, force=True)
-        with tempfile.TemporaryDirectory() as directory:
+        # This report's own duration lands in the next stage's checkpoint (the driver times the last).
+        with tempfile.TemporaryDirectory() as directory, timeline.span("report", stage):
             if rank == 0:
                 save_state(directory, engine, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory), checkpoint_dir_name=f"stage-{index:02d}-{stage}")

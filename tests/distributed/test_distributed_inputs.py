@@ -24,7 +24,7 @@ def test_task_not_in_pool(new_job):
 @pytest.mark.timeout(60)
 def test_unreachable_data_url(new_job, tmp_path):
     job = new_job(data={"train": str(tmp_path / "no_data")})
-    with pytest.raises(BadInputError, match=r"job.yaml: data.train: .*no_data/dataset.json: not found"):
+    with pytest.raises(BadInputError, match=r"job.yaml: data.train: .*no_data/_?dataset.json: not found"):
         run_job(job, "job.yaml")
 
 
