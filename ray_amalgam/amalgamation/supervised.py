@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ray_amalgam.amalgamation.metrics import matches
 from ray_amalgam.io.images import decode_batch, to_tensor
-from ray_amalgam.io.shards import iter_batches, read_dataset_meta
+from ray_amalgam.io.shards import DATASET_META, iter_batches, read_dataset_meta
 from ray_amalgam.models import MultiTaskNet, build_teacher
 from ray_amalgam.spec import BackboneSpec, BadInputError, TaskSpec, TeacherMeta
 
@@ -34,7 +34,7 @@ def load_labelled(url: str, task_names: Sequence[str]) -> LabelledData:
     offered = [t.name for t in meta.tasks]
     for name in task_names:
         if name not in offered:
-            raise BadInputError(f"{url}: no label column for task '{name}'; dataset.json offers {offered}")
+            raise BadInputError(f"{url}: no label column for task '{name}'; its {DATASET_META} offers {offered}")
     tasks = tuple(meta.task(name) for name in task_names)
     ids: list[str] = []
     images: list[np.ndarray] = []

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import posixpath
 import time
+from typing import Any
+
+from rich.markup import escape
 
 from ray_amalgam.cli.console import console, print_json, print_table, progress_bar
 from ray_amalgam.io.pack import pack_folder
@@ -87,6 +91,7 @@ def _inspect(args: argparse.Namespace) -> int:
             ["rows", info["rows"]],
             ["image size", f"{size[1]}x{size[0]}" if size else "-"],
             ["columns", ", ".join(f"{k}: {v}" for k, v in info["columns"].items())],
+            ["duplicate ids", _duplicates(info)],
             ["source", info["source"] or "-"],
         ],
     )
@@ -95,3 +100,11 @@ def _inspect(args: argparse.Namespace) -> int:
                     [[t["name"], t["kind"], ", ".join(t["names"])] for t in info["tasks"]])
     return 0
 
+
+
+def _duplicates(info: dict[str, Any]) -> str:
+    example = info["duplicate_example"]
+    if example is None:
+        return "none"
+    shards = ", ".join(posixpath.basename(s) for s in example["shards"])
+    return f"[red]{info['duplicate_ids']}[/red] (e.g. '{escape(example['id'])}' in {shards}); jobs refuse this data"

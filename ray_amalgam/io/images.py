@@ -30,8 +30,10 @@ def decode_image(data: bytes) -> np.ndarray:
         raise BadInputError(f"not a decodable image ({len(data)} bytes: {str(error).splitlines()[0]})") from None
 
 
-def decode_batch(images: Sequence[bytes], where: str, first_row: int = 0) -> np.ndarray:
-    """Decode same-size images to (N, H, W, 3) uint8; errors name `where` and the row (`first_row` + index)."""
+def decode_batch(images: Sequence[bytes], where: str, first_row: int = 0, size: int | None = None) -> np.ndarray:
+    """Decode same-size images to (N, H, W, 3) uint8; errors name `where` and the row (`first_row` + index).
+
+    With `size`, every image must be `size` x `size` (else they must match the first one)."""
     arrays = []
     for index, data in enumerate(images):
         row = first_row + index
@@ -39,12 +41,12 @@ def decode_batch(images: Sequence[bytes], where: str, first_row: int = 0) -> np.
             array = decode_image(data)
         except BadInputError as error:
             raise BadInputError(f"{where} row {row}: {error}") from None
-        if arrays and array.shape != arrays[0].shape:
-            height, width = arrays[0].shape[:2]
-            raise BadInputError(
-                f"{where} row {row}: image is {array.shape[1]}x{array.shape[0]}, "
-                f"expected {width}x{height} like row {first_row}; all images must have one size"
-            )
+        reference = (size, size) if size is not None else arrays[0].shape[:2] if arrays else array.shape[:2]
+        if array.shape[:2] != reference:
+            expected = f"{reference[1]}x{reference[0]}"
+            if size is None:
+                expected += f" like row {first_row}; all images must have one size"
+            raise BadInputError(f"{where} row {row}: image is {array.shape[1]}x{array.shape[0]}, expected {expected}")
         arrays.append(array)
     if not arrays:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""JSON metadata files (`dataset.json`, `teacher.json`, ...) beside data and weights."""
+"""JSON metadata files (`_dataset.json`, `teacher.json`, ...) beside data and weights."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Datasets as Parquet shards on any fsspec URL.
 
-Layout: `<url>/dataset.json` (DatasetMeta) and `<url>/part-00000.parquet`, ... with columns
+Layout: `<url>/_dataset.json` (DatasetMeta) and `<url>/part-00000.parquet`, ... with columns
 `id` (string), `image` (PNG/JPEG bytes) and optional label columns named after tasks:
 multiclass -> int64 class index, multilabel -> list<int8> of 0/1 in the task's label order.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ray_amalgam.io.fs import atomic_directory, exists, join, resolve, write_bytes
+from ray_amalgam.io.fs import atomic_directory, exists, join, read_bytes, resolve, write_bytes
 from ray_amalgam.io.images import decode_batch
 from ray_amalgam.io.metafile import load_versioned
 from ray_amalgam.spec import (
@@ -29,7 +30,12 @@ from ray_amalgam.spec import (
     dump_spec_json,
 )
 
-DATASET_META = "dataset.json"
+DATASET_META = "_dataset.json"
+"""The dataset's metadata file. Its leading underscore makes directory readers that follow the
+Hive/Spark convention (pyarrow.dataset, Spark, DuckDB, pandas, Ray Data) skip it: under a plain
+name they try to read it as Parquet and fail."""
+LEGACY_DATASET_META = "dataset.json"
+"""The metadata file's name in datasets written before `_dataset.json`; still read."""
 ID = "id"
 IMAGE = "image"
 _SHARD_GLOB = "part-*.parquet"
@@ -93,7 +99,7 @@ def _label_array(where: str, task: TaskSpec, values: Sequence[Any], first_row: i
 
 
 class ShardWriter:
-    """Stream rows into `num_shards` Parquet shards, committed atomically with `dataset.json` on exit.
+    """Stream rows into `num_shards` Parquet shards, committed atomically with `_dataset.json` on exit.
 
     Rows go to shards in contiguous chunks when `num_rows` is known up front (shard order = row
     order), otherwise round-robin. At most `rows_per_group` rows per shard are buffered.
@@ -231,15 +237,35 @@ class ShardWriter:
         self._directory.__exit__(exc_type, exc, tb)
 
 
-def read_dataset_meta(url: str) -> DatasetMeta:
-    """`<url>/dataset.json`, validated; BadInputError naming the file if missing or invalid."""
-    meta_url = join(url, DATASET_META)
-    if not exists(meta_url):
+def dataset_meta_url(url: str) -> str | None:
+    """URL of a dataset's metadata file: `_dataset.json`, or the older `dataset.json` where only
+    that exists; None if the directory has neither."""
+    for name in (DATASET_META, LEGACY_DATASET_META):
+        meta_url = join(url, name)
+        if exists(meta_url):
+            return meta_url
+    return None
+
+
+def _require_meta_url(url: str) -> str:
+    meta_url = dataset_meta_url(url)
+    if meta_url is None:
         raise BadInputError(
-            f"{meta_url}: not found; expected a dataset directory with dataset.json and part-*.parquet shards "
-            "(made by `ray-amalgam data synth` or `data pack`)"
+            f"{join(url, DATASET_META)}: not found; expected a dataset directory with {DATASET_META} and "
+            "part-*.parquet shards (made by `ray-amalgam data synth` or `data pack`)"
         )
-    return load_versioned(DatasetMeta, meta_url, DATASET_FORMAT_VERSION)
+    return meta_url
+
+
+def read_dataset_meta(url: str) -> DatasetMeta:
+    """The dataset's metadata (`_dataset.json`, or the older `dataset.json`), validated;
+    BadInputError naming the file if missing or invalid."""
+    return load_versioned(DatasetMeta, _require_meta_url(url), DATASET_FORMAT_VERSION)
+
+
+def read_dataset_meta_bytes(url: str) -> bytes:
+    """The metadata file's raw content (whichever name it has), e.g. to fingerprint the data."""
+    return read_bytes(_require_meta_url(url))
 
 
 def list_shards(url: str) -> list[str]:
@@ -309,21 +335,69 @@ def _task_summary(task: TaskSpec) -> dict[str, Any]:
     return {"name": task.name, "kind": task.kind, "names": list(task.names)}
 
 
+@dataclass(frozen=True)
+class DuplicateIds:
+    """Ids that occur more than once in a dataset: how many, and one of them with its shards."""
+
+    count: int
+    """Distinct ids that occur more than once."""
+    example: str
+    shards: tuple[str, ...]
+    """The shard URLs holding `example`, once per occurrence (a shard repeats if it holds it twice)."""
+
+    def describe(self) -> str:
+        names = [posixpath.basename(s) for s in self.shards]
+        where = f"{len(names)} times in {names[0]}" if len(set(names)) == 1 else "in " + " and ".join(names)
+        return f"{self.count} id(s) occur more than once, e.g. '{self.example}' {where}"
+
+
+def _duplicate_ids(shard_urls: Sequence[str], ids: Sequence[pa.ChunkedArray]) -> DuplicateIds | None:
+    """The repeated ids among the id columns of `shard_urls` (same order), if any."""
+    column = pa.chunked_array([c.cast(pa.string()) for c in ids], type=pa.string())
+    shard = np.repeat(np.arange(len(ids)), [len(c) for c in ids])
+    table = pa.table({ID: column, "shard": shard})
+    counts = table.group_by(ID, use_threads=False).aggregate([("shard", "count")])
+    repeated = counts.filter(pc.greater(counts["shard_count"], 1))
+    if repeated.num_rows == 0:
+        return None
+    example = repeated[ID][0].as_py()
+    holders = table.filter(pc.equal(table[ID], example))["shard"].to_pylist()
+    return DuplicateIds(repeated.num_rows, example, tuple(shard_urls[i] for i in holders))
+
+
+def _refuse_duplicates(url: str, shard_urls: Sequence[str], ids: Sequence[pa.ChunkedArray]) -> None:
+    # Exactly-once training, the teacher-output store and every join by id assume unique ids.
+    duplicates = _duplicate_ids(shard_urls, ids)
+    if duplicates is not None:
+        raise BadInputError(f"{url}: {duplicates.describe()}; expected unique ids (is a shard copied under a second name?)")
+
+
+def read_ids(url: str) -> list[str]:
+    """Every row's id, in shard order; BadInputError naming the shards if an id repeats."""
+    shard_urls = list_shards(url)
+    ids = [read_shard(shard_url, [ID]).column(ID) for shard_url in shard_urls]
+    _refuse_duplicates(url, shard_urls, ids)
+    return [i for column in ids for i in column.to_pylist()]
+
+
 def inspect_dataset(url: str) -> dict[str, Any]:
-    """What `ray-amalgam data inspect` shows: shards, rows, columns, image size, tasks."""
+    """What `ray-amalgam data inspect` shows: shards, rows, columns, image size, repeated ids, tasks."""
     meta = read_dataset_meta(url)
     shards = list_shards(url)
     rows = 0
     columns: dict[str, str] = {}
     image_size: list[int] | None = None
+    ids = []
     for shard_url in shards:
-        with _open_shard(shard_url, [IMAGE]) as shard:
+        with _open_shard(shard_url, [ID, IMAGE]) as shard:
             rows += shard.metadata.num_rows
             columns = columns or {field.name: str(field.type) for field in shard.schema_arrow}
+            ids.append(shard.read(columns=[ID]).column(ID))
             if image_size is None and shard.metadata.num_rows:
                 first = next(shard.iter_batches(batch_size=1, columns=[IMAGE]))
                 height, width = decode_batch(first.column(0).to_pylist(), shard_url).shape[1:3]
                 image_size = [height, width]
+    duplicates = _duplicate_ids(shards, ids)
     return {
         "url": url,
         "shards": len(shards),
@@ -332,6 +406,8 @@ def inspect_dataset(url: str) -> dict[str, Any]:
         "columns": columns,
         "image_size": image_size,
         "declared_image_size": meta.image_size,
+        "duplicate_ids": 0 if duplicates is None else duplicates.count,
+        "duplicate_example": None if duplicates is None else {"id": duplicates.example, "shards": list(duplicates.shards)},
         "tasks": [_task_summary(t) for t in meta.tasks],
         "source": meta.source,
     }
@@ -374,30 +450,30 @@ def _check_labels(shard_url: str, table: pa.Table, tasks: Sequence[TaskSpec]) ->
 
 
 def check_shards(url: str, decode_all: bool = False, sample_rows: int = 16) -> int:
-    """Validate every shard: schema, label values, and image decoding/size (first `sample_rows`
-    rows per shard, or every row with `decode_all`). Returns the number of rows."""
+    """Validate every shard: schema, label values, unique ids, and image decoding/size (first
+    `sample_rows` rows per shard, or every row with `decode_all`). Returns the number of rows."""
     meta = read_dataset_meta(url)
-    expected = (meta.image_size, meta.image_size)
+    meta_name = posixpath.basename(dataset_meta_url(url) or DATASET_META)
     total = 0
-    for shard_url in list_shards(url):
+    shard_urls = list_shards(url)
+    ids = []
+    for shard_url in shard_urls:
         with _open_shard(shard_url, [ID, IMAGE]) as shard:
             tasks = _check_schema(shard_url, shard.schema_arrow, meta)
             if tasks:
                 _check_labels(shard_url, shard.read(columns=[t.name for t in tasks]), tasks)
+            ids.append(shard.read(columns=[ID]).column(ID))
             limit = shard.metadata.num_rows if decode_all else min(sample_rows, shard.metadata.num_rows)
             row = 0
             for batch in shard.iter_batches(batch_size=256, columns=[IMAGE]):
                 if row >= limit:
                     break
                 images = batch.column(0).slice(0, limit - row).to_pylist()
-                size = decode_batch(images, shard_url, first_row=row).shape[1:3]
-                if tuple(size) != expected:
-                    raise BadInputError(
-                        f"{shard_url} row {row}: image is {size[1]}x{size[0]}, expected {meta.image_size}x{meta.image_size} "
-                        "(image_size in dataset.json)"
-                    )
+                decode_batch(images, shard_url, first_row=row, size=meta.image_size)
                 row += len(images)
             total += shard.metadata.num_rows
+    # Before the row count: a shard copied under a second name would otherwise read as a count mismatch.
+    _refuse_duplicates(url, shard_urls, ids)
     if meta.num_rows is not None and total != meta.num_rows:
-        raise BadInputError(f"{url}: shards hold {total} rows but dataset.json says num_rows {meta.num_rows}")
+        raise BadInputError(f"{url}: shards hold {total} rows but {meta_name} says num_rows {meta.num_rows}")
     return total

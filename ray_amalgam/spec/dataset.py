@@ -1,4 +1,4 @@
-"""`dataset.json`: what lies beside a set of Parquet shards."""
+"""`_dataset.json`: what lies beside a set of Parquet shards."""
 
 from __future__ import annotations
 

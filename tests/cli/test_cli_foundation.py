@@ -1,6 +1,7 @@
 """The foundation commands end to end through `ray-amalgam`, and their bad-input contract."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,13 +97,13 @@ def _old_version_teacher(teacher_dir: str, tmp_path: Path) -> str:
 def _corrupt_shards(synth_dir: str, tmp_path: Path) -> str:
     bad = tmp_path / "corrupt"
     bad.mkdir()
-    (bad / "dataset.json").write_text(Path(synth_dir, "dataset.json").read_text())
+    (bad / "_dataset.json").write_text(Path(synth_dir, "_dataset.json").read_text())
     (bad / "part-00000.parquet").write_bytes(b"PAR1 this is not parquet")
     return str(bad)
 
 
 BAD_INPUTS = [
-    (lambda s, t, p: ["data", "inspect", str(p / "missing")], "dataset.json: not found"),
+    (lambda s, t, p: ["data", "inspect", str(p / "missing")], "missing/_dataset.json: not found"),
     (lambda s, t, p: ["data", "synth", "--out", str(p / "x"), "--num-samples", "0"], "--num-samples: expected a positive integer"),
     (lambda s, t, p: ["data", "inspect", _corrupt_shards(s, p)], "part-00000.parquet"),
     (lambda s, t, p: ["data", "pack", "--from", str(p / "nowhere"), "--out", str(p / "o")], "nowhere"),
@@ -149,3 +150,15 @@ def test_json_mode_keeps_stdout_for_the_summary_only(capsys, synth_dir, monkeypa
     code, out, err = run_cli(capsys, "data", "inspect", synth_dir, "--json")
     assert code == 0 and json.loads(out)["rows"] == 240
     assert "a library printing to stdout" in err
+
+
+def test_inspect_reports_duplicate_ids(capsys, synth_dir, tmp_path):
+    copy = tmp_path / "copied"
+    shutil.copytree(synth_dir, copy)
+    shutil.copy(copy / "part-00001.parquet", copy / "part-00003.parquet")
+    code, out, _ = run_cli(capsys, "data", "inspect", str(copy), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["rows"] == 320 and info["duplicate_ids"] == 80
+    assert [Path(s).name for s in info["duplicate_example"]["shards"]] == ["part-00001.parquet", "part-00003.parquet"]
+    code, _, err = run_cli(capsys, "data", "inspect", str(copy))
+    assert code == 0 and "duplicate ids" in err and "80" in err

@@ -4,8 +4,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_amalgam.io import (
+    DATASET_META,
+    LEGACY_DATASET_META,
     ShardWriter,
     check_shards,
+    dataset_meta_url,
     encode_image,
     exists,
     inspect_dataset,
@@ -14,6 +17,8 @@ from ray_amalgam.io import (
     list_shards,
     read_bytes,
     read_dataset_meta,
+    read_dataset_meta_bytes,
+    read_ids,
     read_shard,
     resolve,
     write_bytes,
@@ -143,7 +148,7 @@ def test_corrupt_shard_is_named(base_url, damage):
 
 def test_missing_column_is_named(base_url):
     url = join(base_url, "ds")
-    write_bytes(join(url, "dataset.json"), DatasetMeta(image_size=4).model_dump_json().encode())
+    write_bytes(join(url, DATASET_META), DatasetMeta(image_size=4).model_dump_json().encode())
     fs, path = resolve(join(url, "part-00000.parquet"))
     with fs.open(path, "wb") as handle:
         pq.write_table(pa.table({"id": ["x"], "pixels": [b"raw"]}), handle)
@@ -156,7 +161,7 @@ def test_missing_column_is_named(base_url):
 def test_wrong_label_type_is_named(base_url):
     url = join(base_url, "ds")
     meta = DatasetMeta(tasks=(COLOR,), image_size=4)
-    write_bytes(join(url, "dataset.json"), meta.model_dump_json().encode())
+    write_bytes(join(url, DATASET_META), meta.model_dump_json().encode())
     fs, path = resolve(join(url, "part-00000.parquet"))
     with fs.open(path, "wb") as handle:
         pq.write_table(pa.table({"id": ["x"], "image": _rows(0, 1)["image"], "color": ["red"]}), handle)
@@ -185,24 +190,81 @@ def test_undecodable_image_names_shard_and_row(base_url):
 
 def test_missing_or_invalid_dataset_json(base_url):
     url = join(base_url, "ds")
-    with pytest.raises(BadInputError, match=r"ds/dataset\.json: not found"):
+    with pytest.raises(BadInputError, match=r"ds/_dataset\.json: not found; expected a dataset directory with _dataset\.json"):
         read_dataset_meta(url)
     with pytest.raises(BadInputError, match=r"ds: no part-\*\.parquet shards found"):
         list_shards(url)
-    write_bytes(join(url, "dataset.json"), b'{"image_size": 0}')
-    with pytest.raises(BadInputError, match=r"ds/dataset\.json: image_size: "):
+    write_bytes(join(url, DATASET_META), b'{"image_size": 0}')
+    with pytest.raises(BadInputError, match=r"ds/_dataset\.json: image_size: "):
         read_dataset_meta(url)
-    write_bytes(join(url, "dataset.json"), b'{"image_size": 4, "format_version": 9}')
+    write_bytes(join(url, DATASET_META), b'{"image_size": 4, "format_version": 9}')
     with pytest.raises(BadInputError, match="format_version 9 is not supported; this ray_amalgam reads format_version 1"):
         read_dataset_meta(url)
-    write_bytes(join(url, "dataset.json"), b"{not json")
-    with pytest.raises(BadInputError, match=r"dataset\.json: not valid JSON at line 1"):
+    write_bytes(join(url, DATASET_META), b"{not json")
+    with pytest.raises(BadInputError, match=r"_dataset\.json: not valid JSON at line 1"):
         read_dataset_meta(url)
 
 
 def test_row_count_mismatch_with_dataset_json(base_url):
     url = join(base_url, "ds")
     _write(url, [_rows(0, 3)], num_shards=1)
-    write_bytes(join(url, "dataset.json"), META.model_copy(update={"num_rows": 5}).model_dump_json().encode())
-    with pytest.raises(BadInputError, match="shards hold 3 rows but dataset.json says num_rows 5"):
+    write_bytes(join(url, DATASET_META), META.model_copy(update={"num_rows": 5}).model_dump_json().encode())
+    with pytest.raises(BadInputError, match="shards hold 3 rows but _dataset.json says num_rows 5"):
+        check_shards(url)
+
+
+def test_standard_parquet_readers_open_the_dataset_directory(tmp_path):
+    import pyarrow.dataset
+
+    url = str(tmp_path / "ds")
+    _write(url, [_rows(0, 5)], num_rows=5)
+    assert exists(join(url, DATASET_META)) and not exists(join(url, LEGACY_DATASET_META))
+    # Readers that follow the Hive/Spark convention skip `_`-prefixed files in the directory.
+    table = pyarrow.dataset.dataset(url, format="parquet").to_table()
+    assert sorted(table.column("id").to_pylist()) == [f"r{i:03d}" for i in range(5)]
+    assert pq.read_table(url).num_rows == 5
+
+
+def test_datasets_with_the_old_metadata_name_still_read(base_url):
+    url = join(base_url, "ds")
+    _write(url, [_rows(0, 5)], num_rows=5)
+    fs, path = resolve(url)
+    fs.mv(f"{path}/{DATASET_META}", f"{path}/{LEGACY_DATASET_META}")
+    assert dataset_meta_url(url) == join(url, LEGACY_DATASET_META)
+    assert read_dataset_meta(url) == META.model_copy(update={"num_rows": 5})
+    assert read_dataset_meta_bytes(url) == read_bytes(join(url, LEGACY_DATASET_META))
+    assert check_shards(url) == 5 and inspect_dataset(url)["rows"] == 5
+    # Where both exist (an old dataset rewritten in place), the current name wins.
+    write_bytes(join(url, DATASET_META), META.model_copy(update={"num_rows": 5, "source": "new"}).model_dump_json().encode())
+    assert dataset_meta_url(url) == join(url, DATASET_META) and read_dataset_meta(url).source == "new"
+    assert dataset_meta_url(join(base_url, "nothing")) is None
+    with pytest.raises(BadInputError, match=r"nothing/_dataset\.json: not found"):
+        read_dataset_meta_bytes(join(base_url, "nothing"))
+
+
+def _copy_shard(url, source, target):
+    write_bytes(join(url, target), read_bytes(join(url, source)))
+
+
+def test_a_shard_copied_under_a_second_name_is_refused_naming_both(base_url):
+    url = join(base_url, "ds")
+    _write(url, [_rows(0, 6)], num_shards=2, num_rows=6)
+    assert check_shards(url) == 6 and len(read_ids(url)) == 6 and inspect_dataset(url)["duplicate_ids"] == 0
+    _copy_shard(url, "part-00000.parquet", "part-00002.parquet")
+    message = r"ds: 3 id\(s\) occur more than once, e\.g\. 'r000' in part-00000\.parquet and part-00002\.parquet; expected unique ids"
+    with pytest.raises(BadInputError, match=message):
+        check_shards(url)
+    with pytest.raises(BadInputError, match=message):
+        read_ids(url)
+    info = inspect_dataset(url)
+    assert info["rows"] == 9 and info["duplicate_ids"] == 3
+    assert info["duplicate_example"] == {"id": "r000", "shards": [join(url, "part-00000.parquet"), join(url, "part-00002.parquet")]}
+
+
+def test_an_id_repeated_inside_one_shard_is_refused(base_url):
+    url = join(base_url, "ds")
+    rows = _rows(0, 4)
+    rows["id"][3] = rows["id"][1]
+    _write(url, [rows], num_shards=1, num_rows=4)
+    with pytest.raises(BadInputError, match=r"1 id\(s\) occur more than once, e\.g\. 'r001' 2 times in part-00000\.parquet"):
         check_shards(url)
