@@ -34,10 +34,16 @@ from ray_amalgam.amalgamation.runner import (
     amalgamate_local,
     compute_targets,
     evaluate,
-    load_pool,
 )
 from ray_amalgam.amalgamation.student import load_student, predict, save_student
 from ray_amalgam.amalgamation.targets import teacher_outputs
+from ray_amalgam.amalgamation.validation import (
+    load_pool,
+    load_teachers,
+    validate_job,
+    with_absolute_paths,
+    write_job_record,
+)
 
 __all__ = [
     "FINETUNE",
@@ -61,6 +67,7 @@ __all__ = [
     "least_ambiguous",
     "load_pool",
     "load_student",
+    "load_teachers",
     "logits_key",
     "make_plan",
     "manual_branch_points",
@@ -71,4 +78,7 @@ __all__ = [
     "rank_hint_channels",
     "save_student",
     "teacher_outputs",
+    "validate_job",
+    "with_absolute_paths",
+    "write_job_record",
 ]

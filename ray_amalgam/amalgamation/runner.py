@@ -36,7 +36,7 @@ from ray_amalgam.amalgamation.supervised import (
     load_labelled,
 )
 from ray_amalgam.amalgamation.targets import teacher_outputs
-from ray_amalgam.amalgamation.validation import load_teachers, validate_job
+from ray_amalgam.amalgamation.validation import load_pool, write_job_record
 from ray_amalgam.io.checkpoints import checkpoint_hash
 from ray_amalgam.io.fs import atomic_write_text, join
 from ray_amalgam.io.images import to_tensor
@@ -51,12 +51,6 @@ from ray_amalgam.spec import BadInputError, JobSpec
 HOLDOUT_FRACTION = 0.1
 """Share of the training rows held out to measure fidelity for branch-out."""
 EVAL_BATCH = 256
-
-
-def load_pool(job: JobSpec, source: str = "job") -> tuple[AmalgamationPlan, dict[str, MultiTaskNet]]:
-    """The validated plan and the (frozen, eval-mode) models of the teachers it keeps."""
-    plan = validate_job(job, source)
-    return plan, load_teachers(plan)
 
 
 def compute_targets(
@@ -205,6 +199,8 @@ def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: 
     train = load_labelled(job.data.train, [])
     if train.images.shape[1] != plan.input_size:
         raise BadInputError(f"{source}: data.train: images are {train.images.shape[1]} px, the teachers expect {plan.input_size} px")
+    # The first write: only now, with every training image decoded, is the job known to be valid.
+    write_job_record(job, source)
     if job.hint.enabled:
         calibration = train.images[: job.hint.calibration_samples]
         plan = plan.with_hint_channels(rank_hint_channels(plan, teachers, calibration, job.hint.keep_fraction))
