@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
-from typing import Any, TextIO
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -57,24 +58,60 @@ def progress_bar(quiet: bool) -> Iterator[Progress]:
             raise
 
 
-_json_stream: TextIO | None = None
+class _JsonDocument:
+    """The one JSON document of the running `--json` command, written when the command ends."""
+
+    active = False
+    given = False
+    payload: Any = None
+
+
+def _dumps(payload: Any) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
 
 
 @contextmanager
-def stdout_reserved_for_json() -> Iterator[None]:
-    """Under `--json`, stdout carries only the JSON summary: anything else printed meanwhile
-    (Ray prints raylet warnings to stdout from a thread) goes to stderr."""
-    global _json_stream
-    _json_stream = sys.stdout
+def stdout_reserved_for_json(until_exit: bool) -> Iterator[None]:
+    """Under `--json`, stdout carries exactly one JSON document: the last `print_json` payload,
+    written when the command ends.
+
+    Meanwhile file descriptor 1 itself points at stderr, so nothing else can reach stdout: not
+    Python code, not C extensions, not the processes Ray starts (they inherit the descriptor), not
+    Ray's log thread (it prints raylet warnings to stdout). With `until_exit` (the program owns
+    the process) fd 1 stays on stderr after the command too, so what Ray prints as it shuts down
+    at interpreter exit ("(raylet) WARNING: N PYTHON worker processes ...") cannot follow the
+    document; the document goes to a duplicate of the real stdout. Otherwise (main() called in a
+    caller's process) fd 1 is restored and the document goes to the caller's `sys.stdout`.
+    """
+    caller_stdout = sys.stdout
+    caller_stdout.flush()
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
+    _JsonDocument.active, _JsonDocument.given, _JsonDocument.payload = True, False, None
     try:
         with redirect_stdout(sys.stderr):
             yield
     finally:
-        _json_stream = None
+        sys.stderr.flush()
+        text = _dumps(_JsonDocument.payload) if _JsonDocument.given else ""
+        _JsonDocument.active, _JsonDocument.given, _JsonDocument.payload = False, False, None
+        if until_exit:
+            with os.fdopen(real_stdout, "w") as stream:
+                stream.write(text)
+        else:
+            os.dup2(real_stdout, 1)
+            os.close(real_stdout)
+            caller_stdout.write(text)
+            caller_stdout.flush()
 
 
 def print_json(payload: Any) -> None:
-    (_json_stream or sys.stdout).write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    """The command's JSON document. Under `stdout_reserved_for_json` it is written when the
+    command ends, and a later call replaces it (an error after a summary must win)."""
+    if _JsonDocument.active:
+        _JsonDocument.given, _JsonDocument.payload = True, payload
+    else:
+        sys.stdout.write(_dumps(payload))
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

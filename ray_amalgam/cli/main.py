@@ -12,17 +12,19 @@ from rich.markup import escape
 
 from ray_amalgam import __version__
 from ray_amalgam.cli import cluster, data, jobs, teachers
-from ray_amalgam.cli.console import console, stdout_reserved_for_json
+from ray_amalgam.cli.console import console, print_json, stdout_reserved_for_json
 from ray_amalgam.spec import BadInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+class _UsageError(Exception):
+    """Bad flags or arguments: reported by main() like any bad input (argparse would exit)."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse already exits 2 on bad flags; keep its message to one line.
-        console.print(f"[red]error:[/red] {self.prog}: {escape(message)} (see --help)", soft_wrap=True)
-        raise SystemExit(EXIT_BAD_INPUT)
+        raise _UsageError(f"{self.prog}: {message} (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,34 +44,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _report(as_json: bool, code: int, label: str, message: str) -> int:
+    """One line on stderr; under `--json`, the same message as the command's JSON document."""
+    console.print(f"[red]{label}[/red] {escape(message)}", soft_wrap=True)
+    if as_json:
+        print_json({"error": message, "exit_code": code})
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help, --version and bad flags; keep main() a plain function
-        return int(exit_.code or EXIT_OK)
-    if not args.debug:
-        # Ray's own warnings (token auth notice, disabled progress bars) would bury the live view.
-        logging.getLogger("ray").setLevel(logging.ERROR)
-    try:
-        with stdout_reserved_for_json() if args.json else nullcontext():
-            return int(args.handler(args) or EXIT_OK)
+        return int(args.handler(args) or EXIT_OK)
     except BadInputError as error:
         if args.debug:
             console.print_exception()
-        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
-        return EXIT_BAD_INPUT
+        return _report(args.json, EXIT_BAD_INPUT, "error:", str(error))
     except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
-        return EXIT_FAILED
+        return _report(args.json, EXIT_FAILED, "failed:", "interrupted")
     except Exception as error:  # noqa: BLE001 - the CLI boundary: report, don't dump a traceback
         if args.debug:
             console.print_exception()
-        else:
-            console.print(
-                f"[red]failed:[/red] {type(error).__name__}: {escape(str(error))} (rerun with --debug for the traceback)",
-                soft_wrap=True,
-            )
-        return EXIT_FAILED
+        hint = "" if args.debug else " (rerun with --debug for the traceback)"
+        return _report(args.json, EXIT_FAILED, "failed:", f"{type(error).__name__}: {error}{hint}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code.
+
+    `argv` None means this is the program (arguments from sys.argv) and owns the process: under
+    `--json` stdout then stays closed to everything but the JSON document until the process
+    exits, since Ray prints as it shuts down at interpreter exit.
+    """
+    tokens = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(tokens)
+    except SystemExit as exit_:  # --help and --version; keep main() a plain function
+        return int(exit_.code or EXIT_OK)
+    except _UsageError as error:
+        with stdout_reserved_for_json(until_exit=argv is None) if "--json" in tokens else nullcontext():
+            return _report("--json" in tokens, EXIT_BAD_INPUT, "error:", str(error))
+    if not args.debug:
+        # Ray's own warnings (token auth notice, disabled progress bars) would bury the live view.
+        logging.getLogger("ray").setLevel(logging.ERROR)
+    with stdout_reserved_for_json(until_exit=argv is None) if args.json else nullcontext():
+        return _run(args)
 
 
 if __name__ == "__main__":
