@@ -1,24 +1,32 @@
-"""Training samples/s on block stage 1 and on finetune, in ONE run, same data/student/batch size:
+"""Training samples/s and whole-job wall time, in ONE run, same data/student/batch size:
 
-(a) ceiling: teacher targets precomputed in memory, one process, no Ray, no teacher forward;
-(b) naive: one process, the teachers run inside every training step;
-(c) stream: this project's Ray pipeline, teachers live in actor pools every epoch;
-(d) store: this project's Ray pipeline reading the teacher-output store (steady state), and the
-    store's one-time teacher pass amortized over a 5-epoch job.
+(a) ceiling: teacher targets precomputed in memory (on the device), one process, no Ray;
+(b) naive: one process, the teachers run inside every training step: the plain loop a user
+    would otherwise write, timed as a whole job (data load + every stage);
+(c) stream: this project's Ray pipeline, teachers live in long-lived actors every epoch;
+(d) store: this project's Ray pipeline reading the teacher-output store.
 
-    python benchmarks/throughput.py [--rows 2048] [--json]
+Also: where the Ray jobs' fixed cost goes (Ray start, store pass, worker start, per-stage
+model preparation, first batch, fidelity check, checkpoint report, shutdown) and, on CUDA, the
+GPU utilization sampled during each job's training.
+
+    python benchmarks/throughput.py [--rows 2048] [--device cpu|cuda] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 
 from ray_amalgam.amalgamation import (
@@ -28,80 +36,165 @@ from ray_amalgam.amalgamation import (
     load_pool,
     teacher_outputs,
 )
-from ray_amalgam.amalgamation.runner import iter_rows
 from ray_amalgam.amalgamation.supervised import load_labelled
-from ray_amalgam.distributed import run_job
+from ray_amalgam.distributed import connect, run_job
 from ray_amalgam.io.checkpoints import save_teacher
-from ray_amalgam.io.images import to_tensor
 from ray_amalgam.io.synth import SYNTH_TASKS, synthesize
 from ray_amalgam.models import build_teacher
 from ray_amalgam.spec import BackboneSpec, JobSpec, TeacherMeta
 
 TEACHERS = {"A": ("shape", "color", "size"), "B": ("position", "background", "attributes")}
 JOB_EPOCHS = 5
+"""Four block stages and finetune, one epoch each: what every job below trains."""
 
 
-def prepare(root: Path, rows: int, image_size: int) -> None:
+def prepare(root: Path, rows: int, image_size: int, teacher_width: float) -> None:
     synthesize(str(root / "train"), rows, 4, seed=0, image_size=image_size)
     synthesize(str(root / "eval"), 128, 1, seed=1, image_size=image_size)
     by_name = {t.name: t for t in SYNTH_TASKS}
     for seed, (name, tasks) in enumerate(TEACHERS.items()):
-        meta = TeacherMeta(backbone=BackboneSpec(arch="resnet18", width=0.5), tasks=tuple(by_name[t] for t in tasks), input_size=image_size)
+        meta = TeacherMeta(
+            backbone=BackboneSpec(arch="resnet18", width=teacher_width), tasks=tuple(by_name[t] for t in tasks), input_size=image_size,
+        )
         torch.manual_seed(seed)
         save_teacher(str(root / f"teacher_{name}"), build_teacher(meta).state_dict(), meta)
 
 
-def make_job(root: Path, mode: str, batch: int) -> JobSpec:
+def make_job(root: Path, mode: str, args: argparse.Namespace) -> JobSpec:
+    gpu = {"gpus_per_worker": 0.5, "teacher_gpu_fraction": 0.1, "teacher_actors": {"min": 1, "max": 2}} if args.device == "cuda" else {}
     return JobSpec.model_validate({
         "teachers": [{"name": n, "checkpoint": str(root / f"teacher_{n}")} for n in TEACHERS],
         "tasks": ["shape", "position"],
         "data": {"train": str(root / "train"), "eval": str(root / "eval")},
         # Manual branch points: every mode trains the same entangled tails in the same stages.
-        "student": {"width": 0.25, "branch_out": {"shape": 4, "position": 4}},
-        "schedule": {"batch_size": batch},
+        "student": {"width": args.student_width, "branch_out": {"shape": 4, "position": 4}},
+        "schedule": {"batch_size": args.batch_size},
         "teacher_outputs": mode,
-        "resources": {"teacher_batch_size": 256},
+        "resources": {"teacher_batch_size": 256, **gpu},
         "output": str(root / f"out_{mode}"),
     })
 
 
-def in_process(job: JobSpec, naive: bool) -> dict[str, float]:
-    """Steady samples/s of block1 and finetune in one process (first batch excluded)."""
+class GpuSampler:
+    """GPU utilization (%) every 0.25 s from nvidia-smi, with wall-clock times; empty without a GPU."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.available = shutil.which("nvidia-smi") is not None and torch.cuda.is_available()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, check=False).stdout.split()
+            if out:
+                self.samples.append((time.time(), float(out[0])))
+
+    def mean(self, start: float, end: float) -> float | None:
+        inside = [u for t, u in self.samples if start <= t <= end]
+        return round(sum(inside) / len(inside), 1) if inside else None
+
+    def __enter__(self) -> GpuSampler:
+        if self.available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def _normalized(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (images.permute(0, 3, 1, 2).float().div(255.0) - m) / s
+
+
+def in_process(job: JobSpec, naive: bool, device: torch.device) -> dict[str, float]:
+    """One process, every stage one epoch: steady samples/s of block1 and finetune (first batch
+    excluded), and the whole job's wall time from loading the data to the last step."""
+    started_at = time.time()
     torch.manual_seed(0)
     plan, teachers = load_pool(job)
-    images = load_labelled(job.data.train, []).images
-    targets = {} if naive else compute_targets(plan, teachers, images, torch.device("cpu"))
-    engine = Amalgamator(plan, teachers, job, torch.device("cpu"))
-    rows = np.arange(len(images))
-    rates = {}
+    images_np = load_labelled(job.data.train, []).images
+    targets = {} if naive else {k: v.to(device) for k, v in compute_targets(plan, teachers, images_np, device).items()}
+    images = torch.from_numpy(images_np).to(device)
+    engine = Amalgamator(plan, teachers, job, device)
+    order = torch.arange(len(images), device=device)
+    rates: dict[str, float] = {}
     for stage in engine.stage_names():
-        if stage in ("block1", FINETUNE):
-            done, started = 0, None
-            for batch in iter_rows(images, targets, rows, job.schedule.batch_size):
-                if naive:
-                    for name, teacher in teachers.items():
-                        meta = plan.teachers[name]
-                        batch.update(teacher_outputs(teacher, name, to_tensor(batch["image"], meta.mean, meta.std), plan))
-                engine.train_step(batch)
-                if started is None:
-                    started = time.perf_counter()
-                else:
-                    done += len(batch["image"])
-            rates[stage] = done / (time.perf_counter() - started)
+        done, started = 0, None
+        for start in range(0, len(order), job.schedule.batch_size):
+            rows = order[start : start + job.schedule.batch_size]
+            batch: dict[str, Any] = {"image": images[rows], **{k: v[rows] for k, v in targets.items()}}
+            if naive:
+                for name, teacher in engine.teachers.items():
+                    meta = plan.teachers[name]
+                    with torch.autocast(device.type, enabled=device.type == "cuda"):
+                        batch.update(teacher_outputs(teacher, name, _normalized(batch["image"], meta.mean, meta.std), plan))
+            engine.train_step(batch)
+            if started is None:
+                started = time.perf_counter()
+            else:
+                done += len(rows)
+        rates[stage] = done / (time.perf_counter() - started)
         engine.finish_stage(stage, {})
-    return rates
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"block1": rates["block1"], FINETUNE: rates[FINETUNE], "job_s": time.time() - started_at, "started_at": started_at}
 
 
-def ray_rates(report: dict[str, Any], root: Path, mode: str) -> dict[str, Any]:
-    epochs = json.loads((root / f"out_{mode}" / "metrics.json").read_text())["epochs"]
+def in_process_gpu_util(side: dict[str, float], sampler: GpuSampler) -> float | None:
+    return sampler.mean(side["started_at"], side["started_at"] + side["job_s"])
+
+
+def _timeline(root: Path, mode: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    metrics = json.loads((root / f"out_{mode}" / "metrics.json").read_text())
+    return metrics["epochs"], metrics["timeline"]
+
+
+def fixed_costs(report: dict[str, Any], epochs: list[dict[str, Any]], timeline: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where a Ray job's time goes besides the steady training steps."""
+    spans = [e for e in timeline if e["seconds"] is not None]
+    by_event: dict[str, float] = {}
+    for event in spans:
+        by_event[event["event"]] = by_event.get(event["event"], 0.0) + event["seconds"]
+    started = next(e["at_s"] for e in timeline if e["event"] == "worker_started")
+    return {
+        "data_s": report["data_seconds"],
+        "store_pass_s": report.get("store_seconds"),
+        "store_load_s": report.get("store_load_seconds"),
+        "worker_start_s": started,
+        "setup_s": round(by_event.get("setup", 0.0), 2),
+        "prepare_model_s": round(by_event.get("prepare_model", 0.0), 2),
+        "first_batch_s": round(sum(e["first_batch_s"] for e in epochs), 2),
+        "first_batch_max_s": max(e["first_batch_s"] for e in epochs),
+        "fidelity_s": round(by_event.get("fidelity", 0.0), 2),
+        "report_s": round(by_event.get("report", 0.0), 2),
+        "after_last_report_s": round(report["fit_seconds"] - max(e["at_s"] for e in timeline), 2),
+        "fit_s": report["fit_seconds"],
+    }
+
+
+def ray_job(root: Path, mode: str, args: argparse.Namespace, sampler: GpuSampler, ray_start_s: float) -> dict[str, Any]:
+    started_at = time.time()
+    report = run_job(make_job(root, mode, args), "bench")
+    epochs, timeline = _timeline(root, mode)
     by_stage = {e["stage"]: e for e in epochs}
+    training = [e for e in timeline if e["event"] == "epoch"]
+    origin = report["fit_started_at"]
+    train_from, train_to = origin + training[0]["at_s"] - training[0]["seconds"], origin + training[-1]["at_s"]
     return {
         "block1": by_stage["block1"]["steady_samples_per_s"],
         FINETUNE: by_stage[FINETUNE]["steady_samples_per_s"],
         "first_batch_s": by_stage["block1"]["first_batch_s"],
-        "ray_start_s": report["ray_start_seconds"],
         "fit_s": report["fit_seconds"],
         "store_pass_s": report.get("store_seconds"),
+        # The whole job a user waits for, Ray start included (this run starts Ray once, for both).
+        "job_s": ray_start_s + report["seconds"],
+        "fixed_costs": fixed_costs(report, epochs, timeline),
+        "gpu_util_training": sampler.mean(train_from, train_to),
+        "gpu_util_job": sampler.mean(started_at, time.time()),
     }
 
 
@@ -110,15 +203,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--teacher-width", type=float, default=0.5)
+    parser.add_argument("--student-width", type=float, default=0.25)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp, GpuSampler() as sampler:
         root = Path(tmp)
-        prepare(root, args.rows, args.image_size)
-        ceiling = in_process(make_job(root, "store", args.batch_size), naive=False)
-        naive = in_process(make_job(root, "store", args.batch_size), naive=True)
-        stream = ray_rates(run_job(make_job(root, "stream", args.batch_size), "bench"), root, "stream")
-        store = ray_rates(run_job(make_job(root, "store", args.batch_size), "bench"), root, "store")
+        prepare(root, args.rows, args.image_size, args.teacher_width)
+        ceiling = in_process(make_job(root, "store", args), naive=False, device=device)
+        naive = in_process(make_job(root, "store", args), naive=True, device=device)
+        ray_started = time.perf_counter()
+        connect(make_job(root, "store", args), len(TEACHERS), None)
+        ray_start_s = time.perf_counter() - ray_started
+        stream = ray_job(root, "stream", args, sampler, ray_start_s)
+        store = ray_job(root, "store", args, sampler, ray_start_s)
+        ray.shutdown()
     train_rows = args.rows  # per-epoch rows (the hold-out share is small; same for both sides)
     store_job_s = store["store_pass_s"] + JOB_EPOCHS * train_rows / store[FINETUNE]
     naive_job_s = JOB_EPOCHS * train_rows / naive[FINETUNE]
@@ -129,27 +230,42 @@ def main() -> None:
             "store_vs_ceiling": store[FINETUNE] / ceiling[FINETUNE],
             "stream_vs_naive": stream[FINETUNE] / naive[FINETUNE],
             "store_job_vs_naive": naive_job_s / store_job_s,
+            "whole_job_vs_naive": naive["job_s"] / store["job_s"],
+            "whole_job_vs_naive_stream": naive["job_s"] / stream["job_s"],
         },
         "fixed_costs_s": {
-            "ray_start": store["ray_start_s"],
+            "ray_start": round(ray_start_s, 2),
             "first_batch_stream": stream["first_batch_s"],
             "first_batch_store": store["first_batch_s"],
             "store_teacher_pass": store["store_pass_s"],
             "fit_stream": stream["fit_s"],
             "fit_store": store["fit_s"],
         },
+        "fixed_cost_breakdown_s": {"stream": stream["fixed_costs"], "store": store["fixed_costs"]},
+        "whole_job_s": {"ceiling": ceiling["job_s"], "naive": naive["job_s"], "stream": stream["job_s"], "store": store["job_s"]},
+        "gpu_utilization_pct": {
+            "stream_training": stream["gpu_util_training"], "store_training": store["gpu_util_training"],
+            "stream_job": stream["gpu_util_job"], "store_job": store["gpu_util_job"],
+            "ceiling_job": in_process_gpu_util(ceiling, sampler), "naive_job": in_process_gpu_util(naive, sampler),
+        } if sampler.available else None,
         "block1_samples_per_s": {"ceiling": ceiling["block1"], "naive": naive["block1"], "stream": stream["block1"], "store": store["block1"]},
         "setup": {"rows": args.rows, "image_size": args.image_size, "batch_size": args.batch_size, "job_epochs": JOB_EPOCHS,
-                  "teachers": "2 x resnet18 x0.5", "student": "resnet18 x0.25", "train_workers": 1},
+                  "device": args.device, "teachers": f"2 x resnet18 x{args.teacher_width}", "student": f"resnet18 x{args.student_width}",
+                  "train_workers": 1},
     }
     if args.json:
         print(json.dumps(result))
         return
-    print(f"rows={args.rows} image={args.image_size}px batch={args.batch_size}")
+    print(f"rows={args.rows} image={args.image_size}px batch={args.batch_size} device={args.device}")
     for stage, key in (("block1", "block1_samples_per_s"), ("finetune", "samples_per_s")):
         print(f"{stage:9s} " + "  ".join(f"{k} {v:8.1f}/s" for k, v in result[key].items()))
     print("ratios   " + "  ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
-    print("fixed s  " + "  ".join(f"{k} {v:.1f}" for k, v in result["fixed_costs_s"].items()))
+    print("job s    " + "  ".join(f"{k} {v:.1f}" for k, v in result["whole_job_s"].items()))
+    print("fixed s  " + "  ".join(f"{k} {v:.1f}" for k, v in result["fixed_costs_s"].items() if v is not None))
+    for mode, costs in result["fixed_cost_breakdown_s"].items():
+        print(f"{mode:9s}" + "  ".join(f"{k} {v}" for k, v in costs.items()))
+    if result["gpu_utilization_pct"]:
+        print("GPU %    " + "  ".join(f"{k} {v}" for k, v in result["gpu_utilization_pct"].items()))
 
 
 if __name__ == "__main__":

@@ -190,7 +190,8 @@ def check_local_machine(plan: ResourcePlan) -> None:
     needed, total = processes * PROCESS_MEMORY_BYTES, total_memory_bytes()
     if needed > total:
         raise BadInputError(
-            f"resources.num_workers: {plan.train_workers} train workers and {plan.teacher_actors_min} teacher actors need about "
+            f"resources.num_workers, resources.teacher_actors.min: {plan.train_workers} train workers and "
+            f"{plan.teacher_actors_min} teacher actors need about "
             f"{needed / 2**30:.0f} GiB, but this machine has {total / 2**30:.0f} GiB"
         )
 

@@ -1,0 +1,68 @@
+"""The resource plan: what each part of a job asks for, and the jobs a cluster could never place."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_amalgam.distributed.resources import (
+    GPU_WORKER_CPUS,
+    check_cluster,
+    check_local_machine,
+    check_reachable,
+    physical_cpus,
+    plan_resources,
+)
+from ray_amalgam.spec import BadInputError, JobSpec
+
+
+def _job(**resources) -> JobSpec:
+    return JobSpec.model_validate({
+        "teachers": [{"name": "A", "checkpoint": "-"}, {"name": "B", "checkpoint": "-"}],
+        "tasks": ["t"], "data": {"train": "-", "eval": "-"}, "output": "-", "resources": resources,
+    })
+
+
+def test_gpu_worker_leaves_the_node_cpus_to_data_and_teachers():
+    """On a 16-core GPU node a GPU worker must not hold every core (the GPU then idles)."""
+    plan = plan_resources(_job(gpus_per_worker=0.5, teacher_gpu_fraction=0.1), num_teachers=2, local=True)
+    assert plan.worker_cpus == GPU_WORKER_CPUS
+    assert plan.worker_gpus == 0.5
+    cpu_plan = plan_resources(_job(), num_teachers=2, local=True)
+    assert cpu_plan.worker_cpus == max(1, physical_cpus())  # CPU training keeps its whole share
+
+
+def test_gpus_of_workers_and_teacher_actors_count_together():
+    # 1 worker x 0.8 GPU fits alone, 2 actors x 0.2 fit alone; together they need 1.2 of 1 GPU.
+    plan = plan_resources(_job(gpus_per_worker=0.8, teacher_gpu_fraction=0.2), num_teachers=2, local=False)
+    with pytest.raises(BadInputError, match=r"need 1.2 GPUs at once, but the Ray cluster has 1"):
+        check_cluster(plan, {"CPU": 16.0, "GPU": 1.0})
+    check_cluster(plan, {"CPU": 16.0, "GPU": 2.0})
+
+
+def test_gpus_on_a_cpu_cluster_are_refused():
+    plan = plan_resources(_job(gpus_per_worker=1.0), num_teachers=2, local=False)
+    with pytest.raises(BadInputError, match=r"resources.gpus_per_worker: .* the Ray cluster has no GPU"):
+        check_cluster(plan, {"CPU": 16.0})
+
+
+def test_local_machine_refuses_more_cpu_workers_than_cores():
+    cores = physical_cpus()
+    plan = plan_resources(_job(num_workers=cores + 1), num_teachers=2, local=True)
+    with pytest.raises(BadInputError, match=rf"resources.num_workers: {cores + 1} CPU train workers .* has {cores} cores"):
+        check_local_machine(plan)
+    check_local_machine(plan_resources(_job(num_workers=1), num_teachers=2, local=True))
+
+
+def test_local_machine_refuses_what_its_memory_cannot_hold():
+    plan = plan_resources(_job(num_workers=1, teacher_actors={"min": 4000, "max": 4000}), 2, local=True)
+    with pytest.raises(BadInputError, match=r"resources.teacher_actors.min: 1 train workers and 8000 teacher actors need about .* GiB, but this machine has"):
+        check_local_machine(plan)
+
+
+@pytest.mark.timeout(30)
+def test_unreachable_address_is_refused_quickly():
+    with pytest.raises(BadInputError, match=r"--address 127.0.0.1:1: no Ray cluster reachable there"):
+        check_reachable("127.0.0.1:1")
+    with pytest.raises(BadInputError, match=r"--address nonsense: expected HOST:PORT"):
+        check_reachable("nonsense")
+    check_reachable("auto")  # joins the cluster this command runs on: nothing to probe here
