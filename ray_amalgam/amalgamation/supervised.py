@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ray_amalgam.amalgamation.metrics import matches
 from ray_amalgam.io.images import decode_batch, to_tensor
@@ -62,6 +62,28 @@ def task_loss(task: TaskSpec, logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, images: Tensor, batch_size: int) -> None:
+    """Set every BatchNorm's running statistics to the plain average over `images` under the
+    final weights, and leave the model in eval mode.
+
+    During training the running statistics trail the weights as an exponential average, so after
+    a short run they describe earlier weights, and eval mode uses them.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+    model.train()
+    for chunk in images.split(batch_size):
+        if len(chunk) > 1:  # one row gives no batch variance where a feature map is 1x1
+            model(chunk)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
+
+
 @dataclass
 class TeacherTrainingResult:
     model: MultiTaskNet
@@ -112,7 +134,7 @@ def train_teacher(
             schedule.step()
             if on_step is not None:
                 on_step(epoch, min(start + batch_size, len(order)), loss.item())
-    model.eval()
+    recalibrate_batch_norm(model, x_train, batch_size)
     correct = {t.name: 0.0 for t in data.tasks}
     with torch.inference_mode():
         for start in range(0, len(x_eval), 256):

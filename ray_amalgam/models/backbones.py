@@ -7,6 +7,7 @@ building blocks, so a width-1.0 backbone is the torchvision network minus its cl
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
@@ -149,7 +150,11 @@ def _mobilenet_v3(spec: BackboneSpec, arch: str) -> StagedBackbone:
         settings = list(settings)
         settings[first_down] = copy.copy(settings[first_down])
         settings[first_down].stride = 1
-    features = MobileNetV3(settings, last_channel).features
+    # torchvision's MobileNetV3 BatchNorm has momentum 0.01 (TensorFlow's 0.99 decay, meant for
+    # long ImageNet runs): in short runs its running statistics barely leave their initial
+    # values, and a trained network evaluates to one class. 0.1 is PyTorch's default, as in ResNet.
+    norm_layer = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.1)
+    features = MobileNetV3(settings, last_channel, norm_layer=norm_layer).features
     if spec.small_input_stem:
         features[0][0].stride = (1, 1)
     stem_stride = features[0][0].stride[0]
