@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ray_amalgam.spec import BadInputError
 
@@ -26,6 +26,8 @@ def decode_image(data: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"))
+    except UnidentifiedImageError:  # its message names an in-memory buffer, not the data
+        raise BadInputError(f"not a decodable image ({len(data)} bytes in no image format PIL reads)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise BadInputError(f"not a decodable image ({len(data)} bytes: {str(error).splitlines()[0]})") from None
 

@@ -38,7 +38,7 @@ def test_grayscale_image_decodes_to_rgb():
 
 
 def test_undecodable_bytes_are_bad_input():
-    with pytest.raises(BadInputError, match="not a decodable image"):
+    with pytest.raises(BadInputError, match=r"not a decodable image \(\d+ bytes in no image format PIL reads\)"):
         decode_image(b"definitely not an image")
     truncated = encode_image(_image(32, 32))[:60]
     with pytest.raises(BadInputError):
