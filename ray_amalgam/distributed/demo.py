@@ -11,8 +11,8 @@ from ray_amalgam.amalgamation.supervised import load_labelled, train_teacher
 from ray_amalgam.distributed.progress import ProgressCallback
 from ray_amalgam.distributed.runner import run_job
 from ray_amalgam.io.checkpoints import save_teacher
-from ray_amalgam.io.fs import exists, join
-from ray_amalgam.io.shards import DATASET_META
+from ray_amalgam.io.fs import join
+from ray_amalgam.io.shards import dataset_meta_url
 from ray_amalgam.io.synth import synthesize
 from ray_amalgam.spec import BackboneSpec, BadInputError, JobSpec
 
@@ -54,7 +54,7 @@ def run_demo(
     started = time.perf_counter()
     for split, rows, seed in (("train", BASE_TRAIN_ROWS * size, 0), ("eval", BASE_EVAL_ROWS * size, 1)):
         url = join(workdir, "data", split)
-        if not exists(join(url, DATASET_META)):
+        if dataset_meta_url(url) is None:
             emit({"kind": "demo", "phase": f"synthesizing {rows} {split} images"})
             synthesize(url, rows, max(1, rows // 1000), seed=seed, image_size=IMAGE_SIZE)
     for seed, (name, tasks) in enumerate(DEMO_TEACHERS.items()):

@@ -28,7 +28,7 @@ from ray_amalgam.amalgamation import (
 )
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, report_tables, save_and_evaluate
 from ray_amalgam.amalgamation.supervised import holdout_mask
-from ray_amalgam.amalgamation.validation import load_teachers, validate_job, with_absolute_paths
+from ray_amalgam.amalgamation.validation import load_teachers, validate_job, with_absolute_paths, write_job_record
 from ray_amalgam.distributed.pipeline import (
     TeacherPools,
     decoded,
@@ -57,6 +57,7 @@ from ray_amalgam.io.shards import (
     IMAGE,
     iter_batches,
     list_shards,
+    read_ids,
 )
 from ray_amalgam.models import create_backbone
 from ray_amalgam.spec import JobSpec
@@ -90,7 +91,7 @@ def _split(ds: ray.data.Dataset, held: bool, resources: ResourcePlan) -> ray.dat
 
 def _train_ids(url: str) -> tuple[list[str], int]:
     """The training rows' ids (held-out rows excluded) and how many rows are held out."""
-    ids = [i for table in iter_batches(url, [ID], batch_size=8192) for i in table.column(ID).to_pylist()]
+    ids = read_ids(url)
     held = holdout_mask(ids, HOLDOUT_FRACTION)
     return [i for i, h in zip(ids, held) if not h], int(held.sum())
 
@@ -234,6 +235,7 @@ def run_job(
     ray_started = time.perf_counter()
     resources = connect(job, len(plan.teachers), address)
     ray_seconds = time.perf_counter() - ray_started
+    write_job_record(job, source)  # the first write: the job and the cluster's fit are checked
     _quiet_ray_data()
     storage = join(job.output, TRAIN_STORAGE)
     resume_from = latest_checkpoint(storage) if resume else None

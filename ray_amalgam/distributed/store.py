@@ -34,11 +34,10 @@ from ray_amalgam.io.fs import (
     atomic_write_text,
     exists,
     join,
-    read_bytes,
     resolve,
 )
 from ray_amalgam.io.metafile import read_json
-from ray_amalgam.io.shards import DATASET_META, ID, IMAGE, list_shards
+from ray_amalgam.io.shards import ID, IMAGE, list_shards, read_dataset_meta_bytes
 from ray_amalgam.spec import JobSpec
 
 STORE_FORMAT_VERSION = 1
@@ -79,7 +78,7 @@ def store_key(plan: AmalgamationPlan, data_url: str) -> tuple[str, dict[str, Any
         "teachers": {name: checkpoint_hash(url) for name, url in sorted(plan.checkpoints.items())},
         "data": {
             "url": data_url,
-            "dataset_json_sha256": hashlib.sha256(read_bytes(join(data_url, DATASET_META))).hexdigest(),
+            "dataset_json_sha256": hashlib.sha256(read_dataset_meta_bytes(data_url)).hexdigest(),
             "shards": [_file_fingerprint(shard) for shard in list_shards(data_url)],
         },
         "preprocessing": {
