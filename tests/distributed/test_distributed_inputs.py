@@ -35,7 +35,8 @@ def test_unknown_url_scheme(new_job):
 
 
 @pytest.mark.timeout(60)
-def test_unwritable_output_url(new_job, tmp_path):
+def test_unwritable_output_url(ray_cluster, new_job, tmp_path):
+    """The output is first written once the cluster is known to fit the job, so Ray is up by then."""
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     job = new_job().model_copy(update={"output": str(blocker / "out")})
