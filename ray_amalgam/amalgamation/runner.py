@@ -30,14 +30,11 @@ from ray_amalgam.amalgamation.metrics import (
 )
 from ray_amalgam.amalgamation.plan import AmalgamationPlan
 from ray_amalgam.amalgamation.student import save_student
-from ray_amalgam.amalgamation.supervised import (
-    LabelledData,
-    holdout_mask,
-    load_labelled,
-)
+from ray_amalgam.amalgamation.supervised import LabelledData, load_labelled
 from ray_amalgam.amalgamation.targets import teacher_outputs
 from ray_amalgam.amalgamation.validation import load_pool, write_job_record
 from ray_amalgam.io.checkpoints import checkpoint_hash
+from ray_amalgam.io.shards import holdout_mask
 from ray_amalgam.io.fs import atomic_write_text, join
 from ray_amalgam.io.images import to_tensor
 from ray_amalgam.io.shards import read_dataset_meta

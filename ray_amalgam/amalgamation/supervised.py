@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 
 from ray_amalgam.amalgamation.metrics import matches
 from ray_amalgam.io.images import decode_batch, to_tensor
-from ray_amalgam.io.shards import DATASET_META, iter_batches, read_dataset_meta
+from ray_amalgam.io.shards import holdout_mask, DATASET_META, iter_batches, read_dataset_meta
 from ray_amalgam.models import MultiTaskNet, build_teacher
 from ray_amalgam.spec import BackboneSpec, BadInputError, TaskSpec, TeacherMeta
 
@@ -48,12 +47,6 @@ def load_labelled(url: str, task_names: Sequence[str]) -> LabelledData:
     if not ids:
         raise BadInputError(f"{url}: the dataset has no rows")
     return LabelledData(ids, np.concatenate(images), {k: np.concatenate(v) for k, v in labels.items()}, tasks)
-
-
-def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
-    """Rows held out for evaluation, chosen by a hash of the id (stable across runs and shard counts)."""
-    buckets = [int(hashlib.sha1(i.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for i in ids]
-    return np.asarray(buckets) < fraction
 
 
 def task_loss(task: TaskSpec, logits: Tensor, target: Tensor) -> Tensor:

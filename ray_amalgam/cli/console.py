@@ -105,6 +105,27 @@ def stdout_reserved_for_json(until_exit: bool) -> Iterator[None]:
             caller_stdout.flush()
 
 
+@contextmanager
+def stdout_closed_to_ray(until_exit: bool) -> Iterator[None]:
+    """Human output (tables, progress, errors) goes to the stderr console, so stdout carries only
+    what Ray's driver thread and the processes it starts print there, such as "(raylet) WARNING:
+    N PYTHON worker processes have been started". Without `--debug`, file descriptor 1 points at
+    /dev/null for the command and, when the program owns the process (`until_exit`), until it
+    exits: Ray prints again as it shuts down at interpreter exit."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        if not until_exit:
+            os.dup2(saved, 1)
+        os.close(saved)
+
+
 def print_json(payload: Any) -> None:
     """The command's JSON document. Under `stdout_reserved_for_json` it is written when the
     command ends, and a later call replaces it (an error after a summary must win)."""

@@ -6,13 +6,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 from rich.markup import escape
 
 from ray_amalgam import __version__
 from ray_amalgam.cli import cluster, data, jobs, teachers
-from ray_amalgam.cli.console import console, print_json, stdout_reserved_for_json
+from ray_amalgam.cli.console import console, print_json, stdout_closed_to_ray, stdout_reserved_for_json
 from ray_amalgam.spec import BadInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print a JSON summary on stdout and no progress")
-    common.add_argument("--debug", action="store_true", help="show full tracebacks")
+    common.add_argument("--debug", action="store_true", help="show full tracebacks and Ray's own messages")
     parser = _Parser(
         prog="ray-amalgam",
         description="Amalgamate filtered knowledge from multi-task teacher CNNs into one compact student, on Ray.",
@@ -86,7 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         # Ray's own warnings (token auth notice, disabled progress bars) would bury the live view.
         logging.getLogger("ray").setLevel(logging.ERROR)
-    with stdout_reserved_for_json(until_exit=argv is None) if args.json else nullcontext():
+    if args.json:
+        stdout: AbstractContextManager[None] = stdout_reserved_for_json(until_exit=argv is None)
+    else:
+        stdout = nullcontext() if args.debug else stdout_closed_to_ray(until_exit=argv is None)
+    with stdout:
         return _run(args)
 
 

@@ -1,8 +1,15 @@
 """Ray: teacher actor pools, the streaming pipeline, the teacher-output store, the Ray Train stage loop."""
 
-from ray_amalgam.distributed.demo import run_demo
-from ray_amalgam.distributed.progress import LiveView
-from ray_amalgam.distributed.resources import ResourcePlan, connect, plan_resources
-from ray_amalgam.distributed.runner import run_job
+from ray_amalgam._lazy import lazy_exports
 
-__all__ = ["LiveView", "ResourcePlan", "connect", "plan_resources", "run_demo", "run_job"]
+_EXPORTS = {
+    "run_demo": "demo",
+    "LiveView": "progress",
+    "ResourcePlan": "resources",
+    "connect": "resources",
+    "plan_resources": "resources",
+    "run_job": "runner",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

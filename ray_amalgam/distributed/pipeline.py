@@ -1,10 +1,9 @@
-"""The Ray Data side: read shards, decode (and augment) images as CPU tasks, and run one
-teacher actor pool per teacher that appends the teacher's filtered outputs to each batch."""
+"""The Ray Data side: read shards, decode (and augment) images and split off the held-out rows
+as CPU tasks (`data_tasks`), and the long-lived teacher actor pools those tasks call."""
 
 from __future__ import annotations
 
 import hashlib
-import random
 from typing import Any
 
 import fsspec
@@ -16,19 +15,15 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from ray_amalgam.amalgamation import AmalgamationPlan, teacher_outputs
+from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.distributed.resources import ResourcePlan
 from ray_amalgam.io.checkpoints import load_teacher
 from ray_amalgam.io.fs import resolve
-from ray_amalgam.io.images import decode_batch, to_tensor
-from ray_amalgam.io.shards import ID, IMAGE, iter_batches
+from ray_amalgam.distributed.data_tasks import append_teacher_outputs, decode_images, holdout_rows
+from ray_amalgam.io.images import to_tensor
+from ray_amalgam.io.shards import ID, iter_batches
 from ray_amalgam.models import teacher_from_weights
-
-ENCODED = "image_encoded"
-"""Column carrying the original image bytes past decoding, when a store must keep them."""
-
-AUGMENT_PAD = 4
-
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem | None:
     """What Ray Data's Parquet read/write should use for `fs`: None (Arrow's own) for local
@@ -42,32 +37,6 @@ def read_rows(files: list[str], columns: list[str], resources: ResourcePlan) -> 
     paths = [resolve(f)[1] for f in files]
     # select_columns is pushed down into the Parquet read: unneeded columns are never read.
     return ray.data.read_parquet(paths, filesystem=arrow_filesystem(fs), num_cpus=resources.data_task_cpus).select_columns(columns)
-
-
-def decode_images(batch: dict[str, np.ndarray], where: str, keep_encoded: bool, augment: bool) -> dict[str, np.ndarray]:
-    """Replace the `image` bytes with (N, H, W, 3) uint8 pixels; optionally random flip + shift."""
-    encoded = batch[IMAGE]
-    pixels = decode_batch(list(encoded), where)
-    if augment:
-        pixels = random_flip_shift(pixels, np.random.default_rng())
-    if keep_encoded:
-        batch[ENCODED] = encoded
-    batch[IMAGE] = pixels
-    return batch
-
-
-def random_flip_shift(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Per image: horizontal flip with p=0.5 and a shift of up to AUGMENT_PAD pixels (reflect padding).
-
-    Teachers see the augmented image and the student learns from exactly that image, which is
-    why augmentation needs `stream` mode.
-    """
-    n, h, w, _ = pixels.shape
-    flip = rng.random(n) < 0.5
-    pixels = np.where(flip[:, None, None, None], pixels[:, :, ::-1], pixels)
-    padded = np.pad(pixels, ((0, 0), (AUGMENT_PAD, AUGMENT_PAD), (AUGMENT_PAD, AUGMENT_PAD), (0, 0)), mode="reflect")
-    dy, dx = rng.integers(0, 2 * AUGMENT_PAD + 1, size=(2, n))
-    return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)
@@ -138,16 +107,6 @@ class TeacherPools:
         self.close()
 
 
-def append_teacher_outputs(batch: dict[str, np.ndarray], actors: dict[str, list[Any]]) -> dict[str, np.ndarray]:
-    """Ask one actor of every teacher pool at once (picked at random, which spreads a pool's
-    load) and append their outputs to the batch."""
-    pixels = ray.put(batch[IMAGE])  # one copy in the object store, read by every teacher
-    calls = [random.choice(pool).outputs.remote(pixels) for pool in actors.values()]
-    for outputs in ray.get(calls):
-        batch.update(outputs)
-    return batch
-
-
 def with_teachers(ds: ray.data.Dataset, pools: TeacherPools, resources: ResourcePlan, batch_size: int) -> ray.data.Dataset:
     """Append every teacher's outputs: small CPU tasks that call the long-lived teacher actors."""
     return ds.map_batches(
@@ -157,6 +116,10 @@ def with_teachers(ds: ray.data.Dataset, pools: TeacherPools, resources: Resource
         batch_format="numpy",
         num_cpus=resources.data_task_cpus,
     )
+
+
+def holdout_split(ds: ray.data.Dataset, held: bool, resources: ResourcePlan) -> ray.data.Dataset:
+    return ds.map_batches(holdout_rows, fn_kwargs={"held": held, "fraction": HOLDOUT_FRACTION}, batch_format="numpy", num_cpus=resources.data_task_cpus)
 
 
 def decoded(ds: ray.data.Dataset, where: str, resources: ResourcePlan, batch_size: int, keep_encoded: bool, augment: bool) -> ray.data.Dataset:

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -32,6 +31,7 @@ from ray_amalgam.amalgamation.validation import load_teachers, validate_job, wit
 from ray_amalgam.distributed.pipeline import (
     TeacherPools,
     decoded,
+    holdout_split,
     id_digest,
     read_rows,
     with_teachers,
@@ -78,17 +78,6 @@ def _with_hints(job: JobSpec, plan: AmalgamationPlan) -> AmalgamationPlan:
     return plan.with_hint_channels(rank_hint_channels(plan, load_teachers(plan), images, job.hint.keep_fraction))
 
 
-def _holdout_rows(batch: dict[str, np.ndarray], held: bool) -> dict[str, np.ndarray]:
-    """Keep the rows held out for fidelity (`held`) or the training rows: by id hash, like the local runner."""
-    mask = holdout_mask([str(i) for i in batch[ID]], HOLDOUT_FRACTION)
-    keep = mask if held else ~mask
-    return {key: value[keep] for key, value in batch.items()}
-
-
-def _split(ds: ray.data.Dataset, held: bool, resources: ResourcePlan) -> ray.data.Dataset:
-    return ds.map_batches(_holdout_rows, fn_kwargs={"held": held}, batch_format="numpy", num_cpus=resources.data_task_cpus)
-
-
 def _train_ids(url: str) -> tuple[list[str], int]:
     """The training rows' ids (held-out rows excluded) and how many rows are held out."""
     ids = read_ids(url)
@@ -114,41 +103,56 @@ def fits_in_memory(rows: int, plan: AmalgamationPlan) -> bool:
     return rows * decoded_row_bytes(plan) <= budget
 
 
+def split_and_decode(
+    rows: ray.data.Dataset, where: str, held: bool, resources: ResourcePlan, batch_size: int, augment: bool = False,
+) -> ray.data.Dataset:
+    """The training rows (or, `held`, the held-out ones) with their images decoded."""
+    return decoded(holdout_split(rows, held, resources), where, resources, batch_size, keep_encoded=False, augment=augment)
+
+
 def build_datasets(
-    job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, held_rows: int, board: str,
+    job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, total_rows: int, held_rows: int, board: str,
     emit: Callable[[dict[str, Any]], None], pools: TeacherPools | None,
 ) -> tuple[ray.data.Dataset, ray.data.Dataset, dict[str, Any]]:
     """(train, check) datasets in the engine's batch format, and how they were made.
 
-    `store`: one teacher pass writes (or reuses) the store; its rows are decoded once and kept
-    in the object store for every epoch and stage when they fit (MATERIALIZE_FRACTION).
-    `stream`: `pools` (long-lived teacher actors) run on the training rows every epoch.
+    Data that fits MATERIALIZE_FRACTION of the object store is read once and kept there: every
+    read of Parquet files starts with a listing and footer pass (seconds, whatever the size),
+    which would otherwise come back at every epoch's first batch.
+    `store`: one teacher pass writes (or reuses) the store; in memory, the training rows are
+    split off and decoded once, so epochs run no task at all.
+    `stream`: `pools` (long-lived teacher actors) run on the training rows every epoch; in
+    memory, only the teacher calls (and augmentation) are repeated.
     The check rows (the small held-out share for fidelity) are materialized in both modes:
     their targets never change.
     """
     batch = job.resources.teacher_batch_size
     held = held_rows > 0  # with no held-out row, fidelity is measured on the training rows
-    columns = [ID, IMAGE, *target_columns(plan)]
+    in_memory = fits_in_memory(total_rows, plan)
+    info: dict[str, Any] = {"in_memory": in_memory}
     if job.teacher_outputs == "store":
         emit({"kind": "store", "phase": "checking"})
         started = time.perf_counter()
         store = ensure_store(job, plan, "train", job.data.train, join(job.output, STORE_DIR), resources, [], board)
-        info = {"store": store.url, "store_rebuilt": store.rebuilt, "store_seconds": round(time.perf_counter() - started, 2)}
+        info.update({"store": store.url, "store_rebuilt": store.rebuilt, "store_seconds": round(time.perf_counter() - started, 2)})
         emit({"kind": "store", "phase": "ready", **info})
         started = time.perf_counter()
-        rows = decoded(read_store(store, columns, resources), store.url, resources, batch, keep_encoded=False, augment=False)
-        in_memory = fits_in_memory(store.num_rows, plan)
-        if in_memory:
-            rows = rows.materialize()
-        check = _split(rows, held, resources).materialize()
-        info.update({"store_in_memory": in_memory, "store_load_seconds": round(time.perf_counter() - started, 2)})
-        return _split(rows, False, resources), check, info
+        rows = read_store(store, [ID, IMAGE, *target_columns(plan)], resources)
+        rows = rows.materialize() if in_memory else rows
+        train = split_and_decode(rows, store.url, False, resources, batch)
+        train = train.materialize() if in_memory else train
+        check = split_and_decode(rows, store.url, held, resources, batch).materialize()
+        info["store_load_seconds"] = round(time.perf_counter() - started, 2)
+        return train, check, info
     assert pools is not None, "stream mode needs teacher pools"
     rows = read_rows(list_shards(job.data.train), [ID, IMAGE], resources)
-    train = decoded(_split(rows, False, resources), job.data.train, resources, batch, keep_encoded=False, augment=job.schedule.augment)
-    check = decoded(_split(rows, held, resources), job.data.train, resources, batch, keep_encoded=False, augment=False)
+    rows = rows.materialize() if in_memory else rows
+    augment = job.schedule.augment
+    train = split_and_decode(rows, job.data.train, False, resources, batch, augment=augment)
+    train = train.materialize() if in_memory and not augment else train
     emit({"kind": "check_targets", "phase": "computing"})
-    return with_teachers(train, pools, resources, batch), with_teachers(check, pools, resources, batch).materialize(), {}
+    check = with_teachers(split_and_decode(rows, job.data.train, held, resources, batch), pools, resources, batch).materialize()
+    return with_teachers(train, pools, resources, batch), check, info
 
 
 def latest_checkpoint(storage: str) -> str | None:
@@ -260,7 +264,9 @@ def run_job(
 
         with ProgressPoller(board, forward, extra) as poller:
             data_started = time.perf_counter()
-            train, check, data_info = build_datasets(job, plan, resources, held_rows, board_name, poller.emit, pools)
+            train, check, data_info = build_datasets(
+                job, plan, resources, expected_count + held_rows, held_rows, board_name, poller.emit, pools
+            )
             data_seconds = time.perf_counter() - data_started
             gpu = {"GPU": resources.worker_gpus} if resources.worker_gpus > 0 else {}
             fit_started_at = time.time()  # the origin of the workers' timeline (wall clock: they run elsewhere)

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import ray.data
 
 from ray_amalgam.amalgamation import AmalgamationPlan, hint_key, logits_key
+from ray_amalgam.distributed.data_tasks import ENCODED
 from ray_amalgam.distributed.pipeline import (
-    ENCODED,
     TeacherPools,
     arrow_filesystem,
     decoded,

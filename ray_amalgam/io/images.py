@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ray_amalgam.spec import BadInputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def encode_image(array: np.ndarray, format: str = "png") -> bytes:
@@ -57,6 +60,7 @@ def decode_batch(images: Sequence[bytes], where: str, first_row: int = 0, size: 
 
 def to_tensor(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, scaled to [0, 1] then normalized per channel."""
+    import torch  # here, not above: Ray data tasks decode with this module and never need torch
     if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
         raise ValueError(f"expected an (N, H, W, 3) uint8 array, got {batch.dtype} {batch.shape}")
     tensor = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)

@@ -8,6 +8,7 @@ multiclass -> int64 class index, multilabel -> list<int8> of 0/1 in the task's l
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -477,3 +478,9 @@ def check_shards(url: str, decode_all: bool = False, sample_rows: int = 16) -> i
     if meta.num_rows is not None and total != meta.num_rows:
         raise BadInputError(f"{url}: shards hold {total} rows but {meta_name} says num_rows {meta.num_rows}")
     return total
+
+
+def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
+    """Rows held out for evaluation, chosen by a hash of the id (stable across runs and shard counts)."""
+    buckets = [int(hashlib.sha1(i.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for i in ids]
+    return np.asarray(buckets) < fraction

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ray_amalgam.amalgamation import amalgamate_local, load_student
-from ray_amalgam.amalgamation.supervised import holdout_mask, load_labelled, train_teacher
+from ray_amalgam.amalgamation.supervised import load_labelled, train_teacher
+from ray_amalgam.io.shards import holdout_mask
 from ray_amalgam.io import save_teacher, synthesize
 from ray_amalgam.models import list_backbones
 from ray_amalgam.spec import BackboneSpec, StudentSpec, TeacherRef

@@ -60,8 +60,18 @@ def test_stdout_is_one_json_document_despite_noise_during_the_command_and_at_exi
 
 
 @pytest.mark.timeout(150)
-def test_without_json_the_noise_is_left_where_it_was_written(dataset):
+def test_human_output_shows_only_ray_amalgams_own_lines(dataset):
+    """Ray's driver-side lines (stdout) are dropped, during the command and at exit; the table stays."""
     done = _program("data", "inspect", dataset)
+    assert done.returncode == 0, done.stderr
+    assert "rows" in done.stderr  # the human table, on the stderr console
+    for line in NOISE:
+        assert line not in done.stdout and line not in done.stderr
+
+
+@pytest.mark.timeout(150)
+def test_debug_keeps_rays_lines(dataset):
+    done = _program("data", "inspect", dataset, "--debug")
     assert done.returncode == 0 and "(raylet) WARNING" in done.stdout and "child process output" in done.stdout
 
 

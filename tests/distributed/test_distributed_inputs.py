@@ -57,3 +57,16 @@ def test_more_train_workers_than_the_cluster_holds(ray_cluster, new_job):
     # Refused before any placement group waits: never a silent hang.
     with pytest.raises(BadInputError, match=r"resources.num_workers: 64 train workers .* but the Ray cluster has \d+"):
         run_job(new_job(resources={"num_workers": 64}), "job.yaml")
+
+
+@pytest.mark.timeout(120)
+def test_ray_data_reads_a_dataset_directory(ray_cluster, pool):
+    """The metadata file (`_dataset.json`) is skipped by Parquet directory readers such as Ray Data's."""
+    import pyarrow.parquet as pq
+    import ray.data
+
+    assert (pool / "train" / "_dataset.json").exists()
+    rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in (pool / "train").glob("part-*.parquet"))
+    ds = ray.data.read_parquet(str(pool / "train"))
+    assert ds.count() == rows
+    assert {"id", "image", "shape"} <= set(ds.schema().names)

@@ -112,3 +112,39 @@ def test_killed_run_resumes_after_last_finished_stage(ray_cluster, new_job, tmp_
     trained = [e["stage"] for e in epochs]
     assert len(trained) == len(set(trained)), "finished stages are not trained again"
     _check_outputs(report, tmp_path / "out", workers=1)
+
+
+def _kill_train_worker_after(stage: str, stop: threading.Event, killed: list[int]) -> None:
+    """Once `stage` is done (and its checkpoint on the way), kill the rank-0 train worker process."""
+    while not stop.is_set() and not killed:
+        time.sleep(0.2)
+        names = [n for n in ray.util.list_named_actors() if n.startswith("ray_amalgam_progress_")]
+        if not names:
+            continue
+        board = ray.get_actor(names[0])
+        if stage not in ray.get(board.snapshot.remote()).get("stages_done", []):
+            continue
+        workers = ray.get(board.workers.remote())
+        time.sleep(1.0)  # let the stage's report persist its checkpoint
+        ray.kill(workers[0])
+        killed.append(0)
+
+
+@pytest.mark.timeout(420)
+def test_killed_train_worker_continues_from_the_last_stage_checkpoint(ray_cluster, new_job, tmp_path):
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_train_worker_after, args=("block2", stop, killed), daemon=True)
+    killer.start()
+    try:
+        report = run_job(new_job(), "job.yaml")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no train worker was killed"
+    # Ray Train restarted the worker group (FailureConfig) and it restored the last stage checkpoint.
+    assert report["restored_after_stage"] in ("block2", "block3", "block4")
+    epochs = json.loads((tmp_path / "out" / "metrics.json").read_text())["epochs"]
+    trained = [e["stage"] for e in epochs]
+    assert len(trained) == len(set(trained)), "finished stages are not trained again"
+    assert all(e["ids_exact"] for e in epochs)
+    _check_outputs(report, tmp_path / "out", workers=1)
