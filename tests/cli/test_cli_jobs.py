@@ -77,3 +77,13 @@ def test_job_errors_exit_2_naming_the_job_file(capsys, tiny_pool, tmp_path, comm
 def test_missing_job_file_exits_2(capsys, tmp_path):
     assert main(["run", str(tmp_path / "absent.yaml")]) == 2
     assert "absent.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_address_exits_2_within_seconds(capsys, tiny_pool, tmp_path):
+    """Ray itself would retry for minutes ("Failed to get cluster ID from GCS server"); the timeout
+    above is the bound the user gets."""
+    job = write_job(tiny_pool, tmp_path / "job.yaml")
+    assert main(["run", str(job), "--address", "127.0.0.1:1"]) == 2
+    assert "--address 127.0.0.1:1: no Ray cluster reachable there" in capsys.readouterr().err
+    assert not list(tmp_path.glob("**/job.json")), "nothing is written for a job that cannot run"

@@ -45,9 +45,10 @@ def test_unwritable_output_url(ray_cluster, new_job, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_gpus_on_cpu_only_cluster(ray_cluster, new_job):
+def test_gpus_on_cpu_only_cluster(ray_cluster, new_job, tmp_path):
     with pytest.raises(BadInputError, match=r"resources.gpus_per_worker: 1.0 GPUs per worker requested, but the Ray cluster has no GPU"):
         run_job(new_job(resources={"gpus_per_worker": 1.0}), "job.yaml")
+    assert not (tmp_path / "out").exists(), "a job the cluster cannot place writes nothing"
     with pytest.raises(BadInputError, match=r"resources.teacher_gpu_fraction"):
         run_job(new_job(resources={"teacher_gpu_fraction": 0.5}), "job.yaml")
 
