@@ -326,8 +326,8 @@ class Amalgamator:
         x = self._tensor(images)
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[3] != 3:
             raise BadInputError(f"batch 'image': expected uint8 (N, H, W, 3) images, got {x.dtype} {tuple(x.shape)}")
-        x = (x.permute(0, 3, 1, 2).float().div_(255.0) - self._mean) / self._std
-        return x.contiguous(memory_format=self._memory_format)
+        # NHWC pixels permuted to NCHW keep their NHWC memory: the input is channels_last already.
+        return (x.permute(0, 3, 1, 2).float().div_(255.0) - self._mean) / self._std
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._cuda)

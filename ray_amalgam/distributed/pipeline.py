@@ -16,13 +16,12 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ray_amalgam.amalgamation import AmalgamationPlan, teacher_outputs
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION
+from ray_amalgam.distributed.data_tasks import append_teacher_outputs, decode_images, holdout_rows
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.distributed.resources import ResourcePlan
 from ray_amalgam.io.checkpoints import load_teacher
 from ray_amalgam.io.fs import resolve
-from ray_amalgam.distributed.data_tasks import append_teacher_outputs, decode_images, holdout_rows
 from ray_amalgam.io.images import to_tensor
-from ray_amalgam.io.shards import ID, iter_batches
 from ray_amalgam.models import teacher_from_weights
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem | None:
@@ -64,9 +63,6 @@ class TeacherActor:
         if self.board is not None:
             self.board.teacher_started.remote(self.actor_id, name, ray.get_runtime_context().current_actor)
 
-    def ready(self) -> str:
-        return self.name
-
     def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """The teacher's filtered outputs for (N, H, W, 3) uint8 pixels."""
         images = to_tensor(pixels, self.mean, self.std).to(self.device, non_blocking=True)
@@ -91,9 +87,6 @@ class TeacherPools:
             name: [TeacherActor.options(**options).remote(name, checkpoint, plan, board_name) for _ in range(size)]
             for name, checkpoint in plan.checkpoints.items()
         }
-
-    def wait_ready(self) -> None:
-        ray.get([actor.ready.remote() for actors in self.actors.values() for actor in actors])
 
     def close(self) -> None:
         for actors in self.actors.values():
@@ -142,13 +135,3 @@ def id_digest(ids: Any) -> tuple[int, int]:
         total += int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
         count += 1
     return count, total % (1 << 64)
-
-
-def dataset_digest(url: str) -> tuple[int, int]:
-    """The id digest of a whole dataset, read from its `id` column only."""
-    count, total = 0, 0
-    for table in iter_batches(url, [ID], batch_size=8192):
-        c, t = id_digest(table.column(ID).to_pylist())
-        count += c
-        total = (total + t) % (1 << 64)
-    return count, total

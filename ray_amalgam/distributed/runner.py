@@ -26,7 +26,6 @@ from ray_amalgam.amalgamation import (
     rank_hint_channels,
 )
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, report_tables, save_and_evaluate
-from ray_amalgam.amalgamation.supervised import holdout_mask
 from ray_amalgam.amalgamation.validation import load_teachers, validate_job, with_absolute_paths, write_job_record
 from ray_amalgam.distributed.pipeline import (
     TeacherPools,
@@ -55,6 +54,7 @@ from ray_amalgam.io.images import decode_batch
 from ray_amalgam.io.shards import (
     ID,
     IMAGE,
+    holdout_mask,
     iter_batches,
     list_shards,
     read_ids,
@@ -86,8 +86,8 @@ def _train_ids(url: str) -> tuple[list[str], int]:
 
 
 MATERIALIZE_FRACTION = 0.5
-"""Share of the object store that decoded training rows may fill to be kept in memory for the
-whole job; a larger store is streamed from its files (and decoded) every epoch."""
+"""Share of the object store that a job's decoded rows may fill to be kept there for the whole
+job; larger data is read from its files (and decoded) every epoch."""
 
 
 def decoded_row_bytes(plan: AmalgamationPlan) -> int:

@@ -71,9 +71,10 @@ def collate(batch: Mapping[str, np.ndarray], pin: bool = False) -> dict[str, Any
     return out
 
 
-def batches(shard: Any, batch_size: int, device: torch.device, prefetch: int = PREFETCH_BATCHES) -> Any:
+def batches(shard: Any, batch_size: int, device: torch.device) -> Any:
+    """The worker's shard as engine batches for `device`."""
     collate_fn = functools.partial(collate, pin=device.type == "cuda")
-    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn, prefetch_batches=prefetch)
+    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn, prefetch_batches=PREFETCH_BATCHES)
 
 
 class Timeline:
