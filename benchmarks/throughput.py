@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from ray_amalgam.amalgamation import (
     teacher_outputs,
 )
 from ray_amalgam.amalgamation.supervised import load_labelled
+from ray_amalgam.cli.console import print_json, stdout_reserved_for_json
 from ray_amalgam.distributed import connect, run_job
 from ray_amalgam.io.checkpoints import save_teacher
 from ray_amalgam.io.synth import SYNTH_TASKS, synthesize
@@ -47,7 +49,7 @@ JOB_EPOCHS = 5
 """Four block stages and finetune, one epoch each: what every job below trains."""
 
 
-def prepare(root: Path, rows: int, image_size: int, teacher_width: float) -> None:
+def prepare(root: Path, rows: int, image_size: int, teacher_width: float = 0.5) -> None:
     synthesize(str(root / "train"), rows, 4, seed=0, image_size=image_size)
     synthesize(str(root / "eval"), 128, 1, seed=1, image_size=image_size)
     by_name = {t.name: t for t in SYNTH_TASKS}
@@ -59,19 +61,23 @@ def prepare(root: Path, rows: int, image_size: int, teacher_width: float) -> Non
         save_teacher(str(root / f"teacher_{name}"), build_teacher(meta).state_dict(), meta)
 
 
-def make_job(root: Path, mode: str, args: argparse.Namespace) -> JobSpec:
-    gpu = {"gpus_per_worker": 0.5, "teacher_gpu_fraction": 0.1, "teacher_actors": {"min": 1, "max": 2}} if args.device == "cuda" else {}
+def make_job(root: Path, mode: str, batch_size: int, device: str = "cpu", student_width: float = 0.25) -> JobSpec:
+    gpu = {"gpus_per_worker": 0.5, "teacher_gpu_fraction": 0.1, "teacher_actors": {"min": 1, "max": 2}} if device == "cuda" else {}
     return JobSpec.model_validate({
         "teachers": [{"name": n, "checkpoint": str(root / f"teacher_{n}")} for n in TEACHERS],
         "tasks": ["shape", "position"],
         "data": {"train": str(root / "train"), "eval": str(root / "eval")},
         # Manual branch points: every mode trains the same entangled tails in the same stages.
-        "student": {"width": args.student_width, "branch_out": {"shape": 4, "position": 4}},
-        "schedule": {"batch_size": args.batch_size},
+        "student": {"width": student_width, "branch_out": {"shape": 4, "position": 4}},
+        "schedule": {"batch_size": batch_size},
         "teacher_outputs": mode,
         "resources": {"teacher_batch_size": 256, **gpu},
         "output": str(root / f"out_{mode}"),
     })
+
+
+def job_for(root: Path, mode: str, args: argparse.Namespace) -> JobSpec:
+    return make_job(root, mode, args.batch_size, args.device, args.student_width)
 
 
 class GpuSampler:
@@ -177,7 +183,7 @@ def fixed_costs(report: dict[str, Any], epochs: list[dict[str, Any]], timeline: 
 
 def ray_job(root: Path, mode: str, args: argparse.Namespace, sampler: GpuSampler, ray_start_s: float) -> dict[str, Any]:
     started_at = time.time()
-    report = run_job(make_job(root, mode, args), "bench")
+    report = run_job(job_for(root, mode, args), "bench")
     epochs, timeline = _timeline(root, mode)
     by_stage = {e["stage"]: e for e in epochs}
     training = [e for e in timeline if e["event"] == "epoch"]
@@ -207,14 +213,20 @@ def main() -> None:
     parser.add_argument("--student-width", type=float, default=0.25)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # Ray prints its driver-side warnings on stdout; under --json stdout carries only the result.
+    with stdout_reserved_for_json(until_exit=True) if args.json else nullcontext():
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp, GpuSampler() as sampler:
         root = Path(tmp)
         prepare(root, args.rows, args.image_size, args.teacher_width)
-        ceiling = in_process(make_job(root, "store", args), naive=False, device=device)
-        naive = in_process(make_job(root, "store", args), naive=True, device=device)
+        ceiling = in_process(job_for(root, "store", args), naive=False, device=device)
+        naive = in_process(job_for(root, "store", args), naive=True, device=device)
         ray_started = time.perf_counter()
-        connect(make_job(root, "store", args), len(TEACHERS), None)
+        connect(job_for(root, "store", args), len(TEACHERS), None)
         ray_start_s = time.perf_counter() - ray_started
         stream = ray_job(root, "stream", args, sampler, ray_start_s)
         store = ray_job(root, "store", args, sampler, ray_start_s)
@@ -253,7 +265,7 @@ def main() -> None:
                   "train_workers": 1},
     }
     if args.json:
-        print(json.dumps(result))
+        print_json(result)
         return
     print(f"rows={args.rows} image={args.image_size}px batch={args.batch_size} device={args.device}")
     for stage, key in (("block1", "block1_samples_per_s"), ("finetune", "samples_per_s")):
