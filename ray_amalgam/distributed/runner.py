@@ -17,6 +17,7 @@ import ray
 import ray.data
 import ray.train
 import torch
+from ray.data.context import DEFAULT_TARGET_MAX_BLOCK_SIZE
 from ray.train.torch import TorchTrainer
 
 from ray_amalgam.amalgamation import (
@@ -208,9 +209,18 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _quiet_ray_data() -> None:
-    """Ray Data's progress bars and per-dataset log lines would bury the job's own progress view."""
+BLOCK_BATCHES = 4
+"""Teacher batches per Ray Data block. Ray's default block (128 MiB) holds a whole small-image
+dataset, and a block leaves a map task only when done: every epoch in stream mode then waited
+for the teachers to see ALL rows before its first batch."""
+
+
+def _configure_ray_data(job: JobSpec, plan: AmalgamationPlan) -> None:
+    """Blocks of a few teacher batches; no progress bars or per-dataset log lines (they would bury
+    the job's own progress view)."""
     context = ray.data.DataContext.get_current()
+    block_bytes = BLOCK_BATCHES * job.resources.teacher_batch_size * decoded_row_bytes(plan)
+    context.target_max_block_size = min(DEFAULT_TARGET_MAX_BLOCK_SIZE, max(block_bytes, 1 << 20))
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     for name in ("ray.data", "ray.train"):  # raise to WARNING, never lower what the caller chose
@@ -240,7 +250,7 @@ def run_job(
     resources = connect(job, len(plan.teachers), address)
     ray_seconds = time.perf_counter() - ray_started
     write_job_record(job, source)  # the first write: the job and the cluster's fit are checked
-    _quiet_ray_data()
+    _configure_ray_data(job, plan)
     storage = join(job.output, TRAIN_STORAGE)
     resume_from = latest_checkpoint(storage) if resume else None
     if not resume and exists(join(storage, RUN_NAME)):
