@@ -137,6 +137,8 @@ def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePla
     none, or more train workers than the cluster holds, fail here with BadInputError instead
     of waiting forever for resources that will never appear.
     """
+    if address is not None:
+        check_reachable(address)
     if ray.is_initialized():
         plan = plan_resources(job, num_teachers, local=address is None)
     elif address is None:
@@ -150,7 +152,6 @@ def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePla
         )
     else:
         plan = plan_resources(job, num_teachers, local=False)
-        check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as error:
