@@ -30,6 +30,7 @@ from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, report_tables, sav
 from ray_amalgam.amalgamation.validation import load_teachers, validate_job, with_absolute_paths, write_job_record
 from ray_amalgam.distributed.pipeline import (
     TeacherPools,
+    arrow_filesystem,
     decoded,
     holdout_split,
     id_digest,
@@ -48,10 +49,12 @@ from ray_amalgam.io.fs import (
     atomic_write_bytes,
     atomic_write_text,
     exists,
+    files_not_as_listed,
     join,
     resolve,
 )
 from ray_amalgam.io.images import decode_batch
+from ray_amalgam.io.metafile import LISTED_FILES
 from ray_amalgam.io.shards import (
     ID,
     IMAGE,
@@ -62,6 +65,8 @@ from ray_amalgam.io.shards import (
 )
 from ray_amalgam.models import create_backbone
 from ray_amalgam.spec import JobSpec
+
+_log = logging.getLogger(__name__)
 
 RUN_NAME = "amalgamate"
 TRAIN_STORAGE = "ray_train"
@@ -157,18 +162,25 @@ def build_datasets(
 
 
 def latest_checkpoint(storage: str) -> str | None:
-    """The stage checkpoint with the most finished stages under the run's storage, if any."""
+    """The whole stage checkpoint with the most finished stages under the run's storage, if any."""
     fs, path = resolve(join(storage, RUN_NAME))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     best, best_done = None, -1
     for progress_path in fs.glob(posixpath.join(path, "*", PROGRESS)):
-        with fs.open(progress_path, "r") as handle:
-            done = len(json.load(handle)["engine"]["finished"])
+        directory = posixpath.dirname(progress_path)
+        url = directory if protocol in ("file", "local") else f"{protocol}://{directory}"
+        try:
+            with fs.open(progress_path, "r") as handle:
+                progress = json.load(handle)
+        except json.JSONDecodeError:
+            progress = None
+        if progress is None or files_not_as_listed(url, progress.get(LISTED_FILES, {})):
+            _log.warning("%s: skipped, its upload was interrupted", url)
+            continue
+        done = len(progress["engine"]["finished"])
         if done > best_done:
-            best, best_done = posixpath.dirname(progress_path), done
-    if best is None:
-        return None
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return best if protocol in ("file", "local") else f"{protocol}://{best}"
+            best, best_done = url, done
+    return best
 
 
 def _eta_fields(event: dict[str, Any], stage_epochs: list[int], rows: int) -> dict[str, Any]:
@@ -252,6 +264,7 @@ def run_job(
     write_job_record(job, source)  # the first write: the job and the cluster's fit are checked
     _configure_ray_data(job, plan)
     storage = join(job.output, TRAIN_STORAGE)
+    storage_fs, storage_path = resolve(storage)
     resume_from = latest_checkpoint(storage) if resume else None
     if not resume and exists(join(storage, RUN_NAME)):
         # A fresh run must not inherit an old run's checkpoints (Ray Train restores them by name).
@@ -297,7 +310,9 @@ def run_job(
                 ),
                 run_config=ray.train.RunConfig(
                     name=RUN_NAME,
-                    storage_path=storage,
+                    # Ray Train reaches the storage through the same fsspec configuration as the rest.
+                    storage_path=storage_path,
+                    storage_filesystem=arrow_filesystem(storage_fs),
                     failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
                     # The latest stage checkpoint is all a retry or --resume needs.
                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),

@@ -30,9 +30,10 @@ from ray_amalgam.distributed.pipeline import (
 from ray_amalgam.distributed.resources import ResourcePlan, teacher_pool_size
 from ray_amalgam.io.checkpoints import checkpoint_hash
 from ray_amalgam.io.fs import (
-    atomic_directory,
     atomic_write_text,
+    committed_directory,
     exists,
+    files_not_as_listed,
     join,
     resolve,
 )
@@ -102,14 +103,10 @@ def _usable(store_url: str, key: str, needed: list[str]) -> Store | None:
         return None
     if not set(needed) <= set(manifest.get("columns", [])):
         return None
-    files = []
-    fs, _ = resolve(store_url)
-    for entry in manifest.get("files", []):
-        file_url = join(store_url, entry["name"])
-        _, path = resolve(file_url)
-        if not fs.exists(path) or fs.info(path)["size"] != entry["size"]:
-            return None
-        files.append(file_url)
+    listed = {entry["name"]: entry["size"] for entry in manifest.get("files", [])}
+    if files_not_as_listed(store_url, listed):
+        return None
+    files = [join(store_url, name) for name in sorted(listed)]
     return Store(store_url, tuple(files), tuple(manifest["columns"]), int(manifest["num_rows"]), rebuilt=False)
 
 
@@ -131,16 +128,16 @@ def ensure_store(
     batch = job.resources.teacher_batch_size
     # The actors load their checkpoints while the shards are listed and the pass is planned.
     with TeacherPools(plan, resources, teacher_pool_size(resources, len(plan.teachers)), board_name) as pools, \
-            atomic_directory(store_url) as tmp:
+            committed_directory(store_url, MANIFEST) as target:
         ds = read_rows(list_shards(data_url), [ID, IMAGE, *extra_columns], resources)
         ds = decoded(ds, data_url, resources, batch, keep_encoded=True, augment=False)
         ds = with_teachers(ds, pools, resources, batch)
         ds = ds.drop_columns([IMAGE]).rename_columns({ENCODED: IMAGE}).select_columns(needed)
-        fs, tmp_path = resolve(tmp)
-        ds.write_parquet(tmp_path, filesystem=arrow_filesystem(fs))
+        fs, target_path = resolve(target)
+        ds.write_parquet(target_path, filesystem=arrow_filesystem(fs))
         entries = []
         rows = 0
-        for path in sorted(fs.glob(posixpath.join(tmp_path, "*.parquet"))):
+        for path in sorted(fs.glob(posixpath.join(target_path, "*.parquet"))):
             with fs.open(path, "rb") as handle:
                 rows += pq.ParquetFile(handle).metadata.num_rows
             entries.append({"name": posixpath.basename(path), "size": fs.info(path)["size"]})
@@ -153,7 +150,7 @@ def ensure_store(
             "files": entries,
         }
         # The manifest goes last: a store without it is half-written and gets rebuilt.
-        atomic_write_text(join(tmp, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
+        atomic_write_text(join(target, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
     found = _usable(store_url, key, needed)
     assert found is not None, f"{store_url}: store just written does not verify"
     return Store(found.url, found.files, found.columns, found.num_rows, rebuilt=True)

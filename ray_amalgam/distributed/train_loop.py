@@ -29,6 +29,7 @@ from ray_amalgam.distributed.collectives import sum_across_workers, sum_digests_
 from ray_amalgam.distributed.pipeline import id_digest
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.io.fs import exists, join
+from ray_amalgam.io.metafile import LISTED_FILES
 from ray_amalgam.io.shards import ID
 from ray_amalgam.spec import JobSpec
 
@@ -42,9 +43,13 @@ def save_state(directory: str, engine: Amalgamator, history: dict[str, Any]) -> 
     # Own copies: the student's branches share tensors with the stage adapters, and safetensors
     # refuses shared storage.
     tensors = {name: t.clone().contiguous() for name, t in engine.state_dict().items()}
-    safetensors.torch.save_file(tensors, os.path.join(directory, ENGINE_WEIGHTS))
+    weights = os.path.join(directory, ENGINE_WEIGHTS)
+    safetensors.torch.save_file(tensors, weights)
+    # progress.json lists the weights' size: Ray uploads the directory file by file, and a
+    # checkpoint whose upload was cut off must not be resumed from (see `runner.latest_checkpoint`).
+    listing = {LISTED_FILES: {ENGINE_WEIGHTS: os.path.getsize(weights)}}
     with open(os.path.join(directory, PROGRESS), "w", encoding="utf-8") as handle:
-        json.dump({"engine": engine.progress(), **history}, handle)
+        json.dump({"engine": engine.progress(), **history, **listing}, handle)
 
 
 def read_state(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -6,7 +6,6 @@ Weights are only ever read as safetensors: pickles can run code and are refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 from typing import Any
 
@@ -15,14 +14,14 @@ import torch
 from safetensors import SafetensorError
 
 from ray_amalgam.io.fs import (
-    atomic_directory,
+    committed_directory,
     exists,
     join,
     read_bytes,
     resolve,
     write_bytes,
 )
-from ray_amalgam.io.metafile import load_versioned, read_json
+from ray_amalgam.io.metafile import load_versioned, manifest_json, read_manifest
 from ray_amalgam.spec import TEACHER_FORMAT_VERSION, BadInputError, TeacherMeta
 
 WEIGHTS = "model.safetensors"
@@ -34,10 +33,11 @@ def save_checkpoint(url: str, tensors: dict[str, torch.Tensor], meta_name: str, 
     # Own, contiguous CPU copies: safetensors refuses tensors that share storage.
     owned = {name: t.detach().to("cpu").clone(memory_format=torch.contiguous_format) for name, t in tensors.items()}
     weights = safetensors.torch.save(owned)
-    with atomic_directory(url) as tmp:
-        write_bytes(join(tmp, WEIGHTS), weights)
-        # Metadata last: on object stores its presence marks a complete checkpoint.
-        write_bytes(join(tmp, meta_name), json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
+    # Built before the old checkpoint is replaced: on object stores that deletes it first.
+    manifest = manifest_json(meta, {WEIGHTS: len(weights)})
+    with committed_directory(url, meta_name) as target:
+        write_bytes(join(target, WEIGHTS), weights)
+        write_bytes(join(target, meta_name), manifest)
 
 
 def _require(url: str, name: str, meta_name: str) -> str:
@@ -62,7 +62,7 @@ def _load_tensors(url: str, meta_name: str) -> dict[str, torch.Tensor]:
 def read_checkpoint_meta(url: str, meta_name: str) -> dict[str, Any]:
     """The JSON metadata of a checkpoint, without reading its weights."""
     meta_url = _require(url, meta_name, meta_name)
-    meta = read_json(meta_url)
+    meta = read_manifest(meta_url)
     if not isinstance(meta, dict):
         raise BadInputError(f"{meta_url}: expected a JSON object at the top level, got {type(meta).__name__}")
     return meta

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ray_amalgam.io.fs import atomic_directory, exists, join, read_bytes, resolve, write_bytes
+from ray_amalgam.io.fs import committed_directory, exists, file_sizes, join, read_bytes, resolve, write_bytes
 from ray_amalgam.io.images import decode_batch
-from ray_amalgam.io.metafile import load_versioned
+from ray_amalgam.io.metafile import load_versioned, manifest_json
 from ray_amalgam.spec import (
     DATASET_FORMAT_VERSION,
     BadInputError,
@@ -127,7 +128,7 @@ class ShardWriter:
         self._schema: pa.Schema | None = None
         self._pending: dict[int, list[pa.Table]] = {}
         self._writers: dict[int, pq.ParquetWriter] = {}
-        self._directory = atomic_directory(url)
+        self._directory = committed_directory(url, DATASET_META)
         self._tmp_url = ""
 
     def __enter__(self) -> ShardWriter:
@@ -227,8 +228,7 @@ class ShardWriter:
             self._writer(shard).close()
         self._writers.clear()
         meta = self.meta.model_copy(update={"num_rows": self.rows_written})
-        # Metadata last: on object stores its presence marks a complete dataset.
-        write_bytes(join(self._tmp_url, DATASET_META), dump_spec_json(meta).encode("utf-8"))
+        write_bytes(join(self._tmp_url, DATASET_META), manifest_json(json.loads(dump_spec_json(meta)), file_sizes(self._tmp_url)))
 
     def _abort(self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         for writer in self._writers.values():

@@ -2,14 +2,18 @@ import uuid
 
 import pytest
 
-from ray_amalgam.io import resolve
+from ray_amalgam.io import join, resolve
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def base_url(request, tmp_path):
-    """A fresh, empty directory URL on the local disk or on fsspec's in-process memory filesystem."""
+    """A fresh, empty directory URL on the local disk, fsspec's in-process memory filesystem, or
+    the session's local S3 server."""
     if request.param == "local":
         yield str(tmp_path / "store")
+        return
+    if request.param == "s3":
+        yield join(request.getfixturevalue("s3_server").new_bucket(), "store")
         return
     url = f"memory://io-test-{uuid.uuid4().hex}"
     yield url

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ray_amalgam.io import (
+    LISTED_FILES,
     checkpoint_hash,
     exists,
     join,
@@ -72,6 +73,10 @@ def test_pickled_weights_are_refused(base_url):
     buffer = io.BytesIO()
     torch.save(_state(), buffer)
     write_bytes(join(url, "model.safetensors"), buffer.getvalue())
+    # Without the file list, as in a checkpoint made by hand or before manifests listed files.
+    meta = json.loads(read_bytes(join(url, "teacher.json")))
+    del meta[LISTED_FILES]
+    write_bytes(join(url, "teacher.json"), json.dumps(meta).encode())
     with pytest.raises(BadInputError, match=r"teacher/model\.safetensors is not a safetensors file \(pickled checkpoints are refused\)"):
         load_teacher(url)
 
@@ -84,7 +89,7 @@ def test_missing_directory_or_file(base_url):
     weights = read_bytes(join(url, "model.safetensors"))
     fs, path = resolve(join(url, "model.safetensors"))
     fs.rm(path)
-    with pytest.raises(BadInputError, match=r"teacher: missing model\.safetensors"):
+    with pytest.raises(BadInputError, match=r"teacher: model\.safetensors is missing or not the \d+ bytes teacher\.json lists"):
         load_teacher(url)
     write_bytes(join(url, "model.safetensors"), weights)
     fs.rm(resolve(join(url, "teacher.json"))[1])

@@ -4,13 +4,18 @@ import pytest
 
 from ray_amalgam.io import (
     absolute_url,
-    atomic_directory,
     atomic_write_bytes,
     atomic_write_text,
     exists,
     join,
     read_bytes,
     read_text,
+    committed_directory,
+    file_sizes,
+    files_not_as_listed,
+    manifest_json,
+    read_manifest,
+    renames_atomically,
     resolve,
     write_bytes,
 )
@@ -45,36 +50,83 @@ def test_read_missing_file_names_url(base_url):
         read_bytes(missing)
 
 
-def test_atomic_directory_replaces_old_content(base_url, listing):
+def test_committed_directory_replaces_old_content(base_url, listing):
     target = join(base_url, "out")
     write_bytes(join(target, "old.txt"), b"old")
-    with atomic_directory(target) as tmp:
-        assert tmp != target and not exists(join(target, "new.txt"))
-        write_bytes(join(tmp, "nested", "new.txt"), b"new")
+    with committed_directory(target, "manifest.json") as where:
+        write_bytes(join(where, "nested", "new.txt"), b"new")
+        write_bytes(join(where, "manifest.json"), manifest_json({"v": 2}, file_sizes(where)))
     assert read_bytes(join(target, "nested", "new.txt")) == b"new"
     assert not exists(join(target, "old.txt"))
+    assert read_manifest(join(target, "manifest.json")) == {"v": 2}
     assert listing(target) == ["out"]
 
 
-def test_failed_atomic_directory_leaves_nothing(base_url, listing):
+def test_failed_committed_directory_leaves_nothing(base_url, listing):
     target = join(base_url, "out")
     with pytest.raises(RuntimeError, match="boom"):
-        with atomic_directory(target) as tmp:
-            write_bytes(join(tmp, "partial.txt"), b"x")
+        with committed_directory(target, "manifest.json") as where:
+            write_bytes(join(where, "partial.txt"), b"x")
             raise RuntimeError("boom")
     assert not exists(target)
     assert listing(target) == []
 
 
-def test_failed_atomic_directory_keeps_previous_version(base_url, listing):
+def test_failed_rewrite_keeps_the_old_version_or_nothing_readable(base_url, listing):
+    """A local rename keeps the previous version; an object store, having no rename, has deleted
+    the old manifest first, so no reader accepts what is left."""
     target = join(base_url, "out")
-    write_bytes(join(target, "keep.txt"), b"v1")
+    with committed_directory(target, "manifest.json") as where:
+        write_bytes(join(where, "keep.txt"), b"v1")
+        write_bytes(join(where, "manifest.json"), manifest_json({}, file_sizes(where)))
     with pytest.raises(RuntimeError):
-        with atomic_directory(target) as tmp:
-            write_bytes(join(tmp, "keep.txt"), b"v2")
+        with committed_directory(target, "manifest.json") as where:
+            write_bytes(join(where, "keep.txt"), b"v2")
             raise RuntimeError("boom")
-    assert read_bytes(join(target, "keep.txt")) == b"v1"
-    assert listing(target) == ["out"]
+    fs, _ = resolve(target)
+    if renames_atomically(fs):
+        assert read_bytes(join(target, "keep.txt")) == b"v1"
+        assert listing(target) == ["out"]
+    else:
+        assert not exists(join(target, "manifest.json"))
+
+
+def test_interrupted_write_is_never_accepted_and_the_rewrite_succeeds(base_url, listing):
+    """What a killed writer leaves: the files written so far, no manifest (the context is never
+    exited, as when the process dies)."""
+    target = join(base_url, "out")
+    with committed_directory(target, "manifest.json") as where:
+        write_bytes(join(where, "weights.bin"), b"0123456789")
+        write_bytes(join(where, "manifest.json"), manifest_json({"v": 1}, file_sizes(where)))
+    abandoned = committed_directory(target, "manifest.json")
+    where = abandoned.__enter__()
+    write_bytes(join(where, "weights.bin"), b"01234")
+    fs, _ = resolve(target)
+    if renames_atomically(fs):  # the half-written copy is a temporary sibling; the old version stands
+        assert read_manifest(join(target, "manifest.json")) == {"v": 1}
+        assert read_bytes(join(target, "weights.bin")) == b"0123456789"
+    else:
+        with pytest.raises(BadInputError, match="manifest.json: file not found"):
+            read_manifest(join(target, "manifest.json"))
+    with committed_directory(target, "manifest.json") as where:
+        write_bytes(join(where, "weights.bin"), b"abcdefghij")
+        write_bytes(join(where, "manifest.json"), manifest_json({"v": 3}, file_sizes(where)))
+    assert read_manifest(join(target, "manifest.json")) == {"v": 3}
+    assert read_bytes(join(target, "weights.bin")) == b"abcdefghij"
+    assert listing(target) == ["out"], "the abandoned write's temporary sibling is removed"
+
+
+def test_manifest_refuses_a_directory_whose_files_differ_from_its_list(base_url):
+    target = join(base_url, "out")
+    with committed_directory(target, "manifest.json") as where:
+        write_bytes(join(where, "a.bin"), b"abc")
+        write_bytes(join(where, "manifest.json"), manifest_json({}, file_sizes(where)))
+    assert file_sizes(target)["a.bin"] == 3
+    assert files_not_as_listed(target, {"a.bin": 3}) == []
+    write_bytes(join(target, "a.bin"), b"ab")  # a truncated copy
+    assert files_not_as_listed(target, {"a.bin": 3, "b.bin": 1}) == ["a.bin", "b.bin"]
+    with pytest.raises(BadInputError, match=r"out: a.bin is missing or not the 3 bytes manifest.json lists"):
+        read_manifest(join(target, "manifest.json"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed")
