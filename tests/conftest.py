@@ -92,3 +92,20 @@ def ray_cluster(s3_server: S3Server):
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def _write_then_die(url: str, manifest: str, name: str, data: bytes) -> None:
+    """In a child process: open `committed_directory(url, manifest)`, write `name`, and die
+    there without any cleanup, as a killed writer does."""
+    script = (
+        "import os, sys; from ray_amalgam.io import committed_directory, join, write_bytes;"
+        "target = committed_directory(sys.argv[1], sys.argv[2]).__enter__();"
+        "write_bytes(join(target, sys.argv[3]), sys.argv[4].encode()); os._exit(9)"
+    )
+    assert subprocess.run([sys.executable, "-c", script, url, manifest, name, data.decode()], timeout=60).returncode == 9
+
+
+@pytest.fixture
+def write_then_die():
+    """`write_then_die(url, manifest, name, data)`: what a writer killed mid-directory leaves."""
+    return _write_then_die

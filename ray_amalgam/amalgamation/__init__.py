@@ -35,7 +35,7 @@ from ray_amalgam.amalgamation.runner import (
     compute_targets,
     evaluate,
 )
-from ray_amalgam.amalgamation.student import load_student, predict, save_student
+from ray_amalgam.amalgamation.student import STUDENT_META, load_student, predict, save_student
 from ray_amalgam.amalgamation.targets import teacher_outputs
 from ray_amalgam.amalgamation.validation import (
     load_pool,
@@ -66,6 +66,7 @@ __all__ = [
     "kd_baseline",
     "least_ambiguous",
     "load_pool",
+    "STUDENT_META",
     "load_student",
     "load_teachers",
     "logits_key",

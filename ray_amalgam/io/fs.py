@@ -43,14 +43,15 @@ def resolve(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 def _check_bucket(fs: fsspec.AbstractFileSystem, url: str, protocol: str, bucket: str) -> None:
     if (protocol, bucket) in _answering_buckets:
         return
+    # info, not exists: exists answers False for an endpoint that never answered.
     try:
-        found = fs.exists(bucket)
+        fs.info(bucket)
+    except FileNotFoundError:
+        raise BadInputError(f"{url}: bucket '{bucket}' does not exist (or these credentials cannot see it)") from None
     except PermissionError as error:
         raise BadInputError(f"{url}: access to bucket '{bucket}' denied ({error}); check the credentials in the environment or config file") from None
     except Exception as error:  # noqa: BLE001 - each backend has its own connection errors
         raise BadInputError(f"{url}: storage endpoint not reachable ({type(error).__name__}: {error})") from None
-    if not found:
-        raise BadInputError(f"{url}: bucket '{bucket}' does not exist (or these credentials cannot see it)")
     _answering_buckets.add((protocol, bucket))
 
 
