@@ -102,8 +102,12 @@ def export_manifest(meta: StudentMeta, fmt: str, batch: int | None, dtype: str, 
     }
 
 
-def check_dtype(fmt: str, dtype: str) -> None:
-    """Refuse combinations a format cannot hold, before any work."""
+def _check_options(fmt: str, dtype: str) -> None:
+    """Refuse what a format cannot hold, before any work."""
+    if fmt not in EXPORT_FORMATS:
+        raise BadInputError(f"--format {fmt}: unknown; expected one of {', '.join(EXPORT_FORMATS)}")
+    if dtype not in DTYPES:
+        raise BadInputError(f"--dtype {dtype}: unknown; expected one of {', '.join(DTYPES)}")
     if fmt == "onnx" and dtype == "bf16":
         raise BadInputError("--dtype bf16: ONNX Conv has no bfloat16 type (onnxruntime refuses the graph); use fp16 or fp32 with --format onnx")
 
@@ -141,7 +145,7 @@ def _serialize(model: _Deployable, fmt: str, example: Tensor, dynamic: bool, man
         with _torchscript_quietly():
             torch.jit.save(torch.jit.trace(model, example, strict=False), buffer, _extra_files={METADATA_KEY: manifest_text})
     else:
-        names = list(model(example))
+        names = list(model(example))  # the task names, in the order the outputs come
         program = torch.onnx.export(model, (example,), input_names=[INPUT_NAME], output_names=names,
                                     dynamic_shapes=shapes, dynamo=True, verbose=False)
         proto = program.model_proto
@@ -174,9 +178,7 @@ def load_exported(data: bytes, fmt: str) -> tuple[Forward, dict[str, Any]]:
 
 def export_student(student: TargetNet, meta: StudentMeta, fmt: str, batch: int | None, dtype: str, student_url: str) -> Exported:
     """Serialize `student` in format `fmt` (`batch` None: any batch size) and load it back from the bytes."""
-    if fmt not in EXPORT_FORMATS:
-        raise BadInputError(f"--format {fmt}: unknown; expected one of {', '.join(EXPORT_FORMATS)}")
-    check_dtype(fmt, dtype)
+    _check_options(fmt, dtype)
     if fmt == "onnx":
         _onnxruntime()
     manifest = export_manifest(meta, fmt, batch, dtype, student_url)
@@ -241,7 +243,7 @@ def verdict(report: Mapping[str, Mapping[str, float]], force: bool, min_agreemen
 
 
 def latency_ms(models: Mapping[str, Callable[[Tensor], object]], input_size: int, batches: Sequence[int],
-               repeats: int = 3) -> dict[str, dict[int, float]]:
+               repeats: int = 5) -> dict[str, dict[int, float]]:
     """Median CPU milliseconds per batch, for each model and batch size."""
     return {
         name: {b: cpu_latency_ms(forward, input_size, batch_size=b, repeats=repeats) * b for b in batches}
