@@ -8,6 +8,16 @@ from ray_amalgam.amalgamation.engine import (
     StageNet,
     entangled_blocks,
 )
+from ray_amalgam.amalgamation.export import (
+    EXPORT_FORMATS,
+    Exported,
+    export_student,
+    latency_ms,
+    load_exported,
+    parity,
+    verdict,
+    write_export,
+)
 from ray_amalgam.amalgamation.filtering import rank_hint_channels
 from ray_amalgam.amalgamation.losses import (
     distillation_loss,
@@ -39,6 +49,7 @@ from ray_amalgam.amalgamation.student import STUDENT_META, load_student, predict
 from ray_amalgam.amalgamation.targets import teacher_outputs
 from ray_amalgam.amalgamation.validation import (
     load_pool,
+    load_teacher_model,
     load_teachers,
     validate_job,
     with_absolute_paths,
@@ -46,9 +57,11 @@ from ray_amalgam.amalgamation.validation import (
 )
 
 __all__ = [
+    "EXPORT_FORMATS",
     "FINETUNE",
     "AmalgamationPlan",
     "Amalgamator",
+    "Exported",
     "StageNet",
     "amalgamate_local",
     "auto_branch_points",
@@ -60,26 +73,33 @@ __all__ = [
     "distillation_loss",
     "entangled_blocks",
     "evaluate",
+    "export_student",
     "fidelity_matches",
     "hint_key",
     "hint_loss",
     "kd_baseline",
+    "latency_ms",
     "least_ambiguous",
+    "load_exported",
     "load_pool",
     "STUDENT_META",
     "load_student",
+    "load_teacher_model",
     "load_teachers",
     "logits_key",
     "make_plan",
     "manual_branch_points",
     "matches",
     "mean_average_precision",
+    "parity",
     "predict",
     "prediction_entropy",
     "rank_hint_channels",
     "save_student",
     "teacher_outputs",
     "validate_job",
+    "verdict",
     "with_absolute_paths",
+    "write_export",
     "write_job_record",
 ]

@@ -43,7 +43,8 @@ def with_absolute_paths(job: JobSpec) -> JobSpec:
     })
 
 
-def _teacher_model(url: str) -> MultiTaskNet:
+def load_teacher_model(url: str) -> MultiTaskNet:
+    """A teacher checkpoint as its eval-mode model."""
     return teacher_from_weights(*load_teacher(url), url)
 
 
@@ -70,7 +71,7 @@ def load_pool(job: JobSpec, source: str = "job") -> tuple[AmalgamationPlan, dict
     }
     plan = make_plan(job, metas, source)
     teachers = {
-        ref.name: in_field(source, f"teachers[{index}].checkpoint", lambda ref=ref: _teacher_model(ref.checkpoint))
+        ref.name: in_field(source, f"teachers[{index}].checkpoint", lambda ref=ref: load_teacher_model(ref.checkpoint))
         for index, ref in enumerate(job.teachers)
         if ref.name in plan.teachers
     }
@@ -106,4 +107,4 @@ def write_job_record(job: JobSpec, source: str) -> None:
 
 def load_teachers(plan: AmalgamationPlan) -> dict[str, MultiTaskNet]:
     """The frozen, eval-mode models of the teachers the plan keeps."""
-    return {name: _teacher_model(url) for name, url in plan.checkpoints.items()}
+    return {name: load_teacher_model(url) for name, url in plan.checkpoints.items()}

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 from rich.markup import escape
 
 from ray_amalgam import __version__
-from ray_amalgam.cli import cluster, data, jobs, teachers
+from ray_amalgam.cli import cluster, data, export, jobs, teachers
 from ray_amalgam.cli.console import console, print_json, stdout_closed_to_ray, stdout_reserved_for_json
 from ray_amalgam.spec import BadInputError
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_commands(commands, common)
     teachers.add_commands(commands, common)
     jobs.add_commands(commands, common)
+    export.add_commands(commands, common)
     cluster.add_commands(commands, common)
     return parser
 
