@@ -9,7 +9,7 @@ import torch
 
 from ray_amalgam.amalgamation import amalgamate_local, validate_job, write_job_record
 from ray_amalgam.amalgamation.validation import with_absolute_paths
-from ray_amalgam.io import encode_image
+from ray_amalgam.io import LISTED_FILES, encode_image
 from ray_amalgam.spec import BadInputError, JobSpec, StudentSpec
 
 
@@ -31,9 +31,19 @@ def test_local_paths_become_absolute_and_urls_stay(tmp_path, monkeypatch):
 # Each case makes a broken copy of one input of the tiny pool and returns the job's changed fields.
 
 
-def _teacher_copy(pool, tmp: Path) -> Path:
+def _without_file_list(manifest: Path) -> None:
+    """Drop the manifest's file list, as in a directory made or edited by hand: the checks below
+    then meet the broken file itself rather than the size the list recorded."""
+    meta = json.loads(manifest.read_text())
+    del meta[LISTED_FILES]
+    manifest.write_text(json.dumps(meta))
+
+
+def _teacher_copy(pool, tmp: Path, keep_file_list: bool = False) -> Path:
     copy = tmp / "painter"
     shutil.copytree(pool.teacher_urls["painter"], copy)
+    if not keep_file_list:
+        _without_file_list(copy / "teacher.json")
     return copy
 
 
@@ -48,8 +58,8 @@ def _pickled_weights(pool, tmp):
     return _with_teacher(pool, copy)
 
 
-def _truncated_weights(pool, tmp):
-    copy = _teacher_copy(pool, tmp)
+def _truncated_weights(pool, tmp, keep_file_list: bool = False):
+    copy = _teacher_copy(pool, tmp, keep_file_list)
     data = (copy / "model.safetensors").read_bytes()
     (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
     return _with_teacher(pool, copy)
@@ -63,9 +73,11 @@ def _width_disagrees_with_weights(pool, tmp):
     return _with_teacher(pool, copy)
 
 
-def _train_copy(pool, tmp: Path, change_first_shard) -> dict:
+def _train_copy(pool, tmp: Path, change_first_shard, keep_file_list: bool = False) -> dict:
     copy = tmp / "train"
     shutil.copytree(pool.train_url, copy)
+    if not keep_file_list:
+        _without_file_list(copy / "_dataset.json")
     shard = copy / "part-00000.parquet"
     change_first_shard(shard)
     return {"data": pool.job("-").data.model_copy(update={"train": str(copy)})}
@@ -88,8 +100,8 @@ def _corrupt_image(pool, tmp):
     return _train_copy(pool, tmp, lambda shard: _rewrite(shard, lambda t: _set_first_image(t, b"not an image")))
 
 
-def _truncated_shard(pool, tmp):
-    return _train_copy(pool, tmp, lambda shard: shard.write_bytes(shard.read_bytes()[:2000]))
+def _truncated_shard(pool, tmp, keep_file_list: bool = False):
+    return _train_copy(pool, tmp, lambda shard: shard.write_bytes(shard.read_bytes()[:2000]), keep_file_list)
 
 
 def _image_of_another_size(pool, tmp):
@@ -110,10 +122,14 @@ INVALID_JOBS = {
                                       "student.branch_out.position: expected a trunk block 1..4, got 5"),
     "pickled weights": (_pickled_weights, "teachers[0].checkpoint: "),
     "truncated weights": (_truncated_weights, "model.safetensors is not a safetensors file"),
+    "truncated weights, sizes listed": (lambda pool, tmp: _truncated_weights(pool, tmp, keep_file_list=True),
+                                        "painter: model.safetensors is missing or not the"),
     "teacher.json width disagrees with the weights": (_width_disagrees_with_weights, "has shape"),
     "shard without an image column": (_no_image_column, "part-00000.parquet: no column 'image'"),
     "corrupt image": (_corrupt_image, "part-00000.parquet row 0: not a decodable image"),
     "truncated shard": (_truncated_shard, "part-00000.parquet: not a readable Parquet file"),
+    "truncated shard, sizes listed": (lambda pool, tmp: _truncated_shard(pool, tmp, keep_file_list=True),
+                                      "train: part-00000.parquet is missing or not the"),
     "image of another size": (_image_of_another_size, "part-00000.parquet row 0: image is 24x24, expected 32x32"),
     "shard copied under a second name": (_shard_copied_under_a_second_name,
                                          "part-00000.parquet and part-00002.parquet; expected unique ids"),

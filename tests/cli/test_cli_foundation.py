@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ray_amalgam.cli.main import main
+from ray_amalgam.io import LISTED_FILES
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -79,7 +80,9 @@ def _mixed_size_folder(tmp_path: Path) -> str:
 def _pickled_teacher(teacher_dir: str, tmp_path: Path) -> str:
     bad = tmp_path / "pickled"
     bad.mkdir()
-    (bad / "teacher.json").write_text(Path(teacher_dir, "teacher.json").read_text())
+    meta = json.loads(Path(teacher_dir, "teacher.json").read_text())
+    del meta[LISTED_FILES]  # made by hand: no file list to catch the swap first
+    (bad / "teacher.json").write_text(json.dumps(meta))
     torch.save({"w": torch.zeros(2)}, bad / "model.safetensors")
     return str(bad)
 
