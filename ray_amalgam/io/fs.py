@@ -170,28 +170,24 @@ def committed_directory(url: str, manifest: str) -> Iterator[str]:
     """
     fs, path = resolve(url)
     remove_stale_temporaries(url)
-    if not renames_atomically(fs):
-        manifest_path = posixpath.join(path.rstrip("/"), manifest)
-        if fs.exists(manifest_path):
-            fs.rm(manifest_path)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-        try:
-            yield url
-        except BaseException:
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-            raise
-        return
-    tmp_url = _temp_sibling(url)
-    _, tmp = resolve(tmp_url)
-    fs.makedirs(tmp, exist_ok=True)
+    if renames_atomically(fs):
+        where = _temp_sibling(url)
+    else:
+        _remove_if_present(fs, posixpath.join(path.rstrip("/"), manifest))
+        _remove_if_present(fs, path)
+        where = url
+    _, where_path = resolve(where)
+    fs.makedirs(where_path, exist_ok=True)
     try:
-        yield tmp_url
+        yield where
     except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
+        _remove_if_present(fs, where_path)
         raise
+    if where != url:
+        _remove_if_present(fs, path)
+        fs.mv(where_path, path, recursive=True)
+
+
+def _remove_if_present(fs: fsspec.AbstractFileSystem, path: str) -> None:
     if fs.exists(path):
         fs.rm(path, recursive=True)
-    fs.mv(tmp, path, recursive=True)
