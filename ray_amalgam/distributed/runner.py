@@ -19,6 +19,7 @@ import ray.train
 import torch
 from ray.data.context import DEFAULT_TARGET_MAX_BLOCK_SIZE
 from ray.train.torch import TorchTrainer
+from ray.util.debug import log_once
 
 from ray_amalgam.amalgamation import (
     FINETUNE,
@@ -235,6 +236,9 @@ def _configure_ray_data(job: JobSpec, plan: AmalgamationPlan) -> None:
     context.target_max_block_size = min(DEFAULT_TARGET_MAX_BLOCK_SIZE, max(block_bytes, 1 << 20))
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # Ray Data warns once per process that its bars are off, at the first execution, through a
+    # logger it configures itself on import: claim that once-only slot so the job's view stays clean.
+    log_once("ray_data_progress_manager_disabled")
     for name in ("ray.data", "ray.train"):  # raise to WARNING, never lower what the caller chose
         logger = logging.getLogger(name)
         logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
