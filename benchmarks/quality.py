@@ -2,8 +2,11 @@
 from them on a larger unlabelled set, compared with plain KD and with a student for all tasks.
 
 Labels are used only to train the teachers and to evaluate; every student sees images only.
+The teachers are trained once; each student is trained with `--seeds` seeds (3 by default) and
+every figure is printed as mean ± standard deviation over them, so that a difference within the
+spread is not read as a win.
 
-    python benchmarks/quality.py --quick          # a few minutes on 2 CPU cores
+    python benchmarks/quality.py --quick          # small setting, 2 CPU cores
     python benchmarks/quality.py --json           # one JSON object on stdout instead of the table
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -76,73 +80,102 @@ def train_teachers(root: Path, setting: Setting, progress: Progress) -> dict[str
     return urls
 
 
-def make_job(root: Path, name: str, tasks: tuple[str, ...], teachers: dict[str, str], setting: Setting) -> JobSpec:
+METHODS = {"afk": "AFK student", "kd": "plain-KD student", "all": "all-tasks student"}
+
+
+def make_job(root: Path, name: str, tasks: tuple[str, ...], teachers: dict[str, str], setting: Setting, seed: int) -> JobSpec:
     return JobSpec(
         teachers=tuple(TeacherRef(name=n, checkpoint=u) for n, u in teachers.items()),
         tasks=tasks,
         data=DataSpec(train=str(root / "unlabelled"), eval=str(root / "eval")),
         student=StudentSpec(width=setting.student_width, branch_tolerance=0.05),
         schedule=ScheduleSpec(stage_epochs=setting.stage_epochs, finetune_epochs=setting.finetune_epochs,
-                              batch_size=64, lr=2e-3, temperature=4.0),
-        output=str(root / name),
+                              batch_size=64, lr=2e-3, temperature=4.0, seed=seed),
+        output=str(root / f"{name}-seed{seed}"),
     )
 
 
-def run(root: Path, setting: Setting, progress: Progress) -> dict[str, Any]:
+def run(root: Path, setting: Setting, seeds: int, progress: Progress) -> dict[str, list[dict[str, Any]]]:
+    """Per method, one report per seed."""
     teachers = train_teachers(root, setting, progress)
     synthesize(str(root / "unlabelled"), setting.unlabelled, num_shards=4, seed=11)
     synthesize(str(root / "eval"), setting.eval, num_shards=1, seed=12)
-    custom = make_job(root, "afk", CUSTOM_TASKS, teachers, setting)
-    afk = amalgamate_local(custom, progress, source="afk")
-    kd = kd_baseline(custom.model_copy(update={"output": str(root / "kd")}), progress, source="kd")
-    everything = amalgamate_local(make_job(root, "all", ALL_TASKS, teachers, setting), progress, source="all")
-    return {"afk": afk, "kd": kd, "all": everything}
+    reports: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
+    for seed in range(seeds):
+        custom = make_job(root, "afk", CUSTOM_TASKS, teachers, setting, seed)
+        reports["afk"].append(amalgamate_local(custom, progress, source=f"afk seed {seed}"))
+        kd = custom.model_copy(update={"output": str(root / f"kd-seed{seed}")})
+        reports["kd"].append(kd_baseline(kd, progress, source=f"kd seed {seed}"))
+        everything = make_job(root, "all", ALL_TASKS, teachers, setting, seed)
+        reports["all"].append(amalgamate_local(everything, progress, source=f"all seed {seed}"))
+    return reports
 
 
-def summary(reports: dict[str, Any]) -> dict[str, Any]:
-    """The JSON object of the issue: per customized task, the four accuracies; and param counts."""
-    tasks = {
-        task: {
-            "teacher_accuracy": reports["afk"]["tasks"][task]["teacher_accuracy"],
-            "student_accuracy": reports["afk"]["tasks"][task]["student_accuracy"],
-            "kd_student_accuracy": reports["kd"]["tasks"][task]["student_accuracy"],
-            "all_tasks_student_accuracy": reports["all"]["tasks"][task]["student_accuracy"],
-        }
-        for task in CUSTOM_TASKS
+def spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def summary(reports: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per customized task and method: accuracy, fidelity (and mAP for multilabel) as mean/std over
+    seeds, with the teacher's figures beside them; and parameter counts."""
+    first = reports["afk"][0]
+    tasks: dict[str, Any] = {}
+    for task in CUSTOM_TASKS:
+        teacher = first["tasks"][task]
+        row: dict[str, Any] = {"teacher_accuracy": teacher["teacher_accuracy"]}
+        if "teacher_map" in teacher:
+            row["teacher_map"] = teacher["teacher_map"]
+        for method in METHODS:
+            runs = [report["tasks"][task] for report in reports[method]]
+            for metric in ("student_accuracy", "fidelity", "student_map"):
+                if metric in runs[0]:
+                    row[f"{method}_{metric}"] = spread([r[metric] for r in runs])
+        tasks[task] = row
+    return {
+        "seeds": len(reports["afk"]),
+        "tasks": tasks,
+        "student_params": first["student"]["params"],
+        "teachers_params": first["teachers"]["params"],
     }
-    return {"tasks": tasks, "student_params": reports["afk"]["student"]["params"], "teachers_params": reports["afk"]["teachers"]["params"]}
 
 
-def markdown(reports: dict[str, Any], setting: Setting) -> str:
-    afk, kd, everything = reports["afk"], reports["kd"], reports["all"]
+def _cell(value: dict[str, float]) -> str:
+    return f"{value['mean']:.3f} ± {value['std']:.3f}"
+
+
+def markdown(reports: dict[str, list[dict[str, Any]]], setting: Setting) -> str:
+    table = summary(reports)
     owners = ", ".join(f"{name}: {'/'.join(tasks)}" for name, tasks in TEACHER_TASKS.items())
+    header = " | ".join(METHODS.values())
     lines = [
         "# Quality benchmark (synthetic data)",
         "",
-        f"Teachers: resnet18 x{setting.teacher_width} on {setting.labelled} labelled images "
-        f"({owners}). "
-        f"Students: resnet18 x{setting.student_width} on {setting.unlabelled} unlabelled images; "
-        f"evaluation on {setting.eval} held-out images. Accuracy of `attributes` = mean per-label accuracy at 0.5.",
+        (
+            f"Teachers: resnet18 x{setting.teacher_width} on {setting.labelled} labelled images ({owners}). "
+            f"Students: resnet18 x{setting.student_width} on {setting.unlabelled} unlabelled images; "
+            f"evaluation on {setting.eval} held-out images. Accuracy of `attributes` = mean per-label accuracy at 0.5. "
+            f"Students: mean ± std over {table['seeds']} seeds (teachers trained once)."
+        ),
         "",
-        "| task | teacher | AFK student | plain-KD student | all-tasks student | AFK fidelity | AFK branch point |",
-        "|---|---|---|---|---|---|---|",
+        f"| accuracy | teacher | {header} |",
+        "|---|---|---|---|---|",
     ]
-    for task in CUSTOM_TASKS:
-        row = afk["tasks"][task]
-        lines.append(
-            f"| {task} | {row['teacher_accuracy']:.3f} | {row['student_accuracy']:.3f} | {kd['tasks'][task]['student_accuracy']:.3f} "
-            f"| {everything['tasks'][task]['student_accuracy']:.3f} | {row['fidelity']:.3f} | {afk['branch_points'][task]} |"
-        )
-    lines += ["", "| attributes mAP | teacher | AFK student | plain-KD student | all-tasks student |", "|---|---|---|---|---|"]
-    lines.append(
-        f"| attributes | {afk['tasks']['attributes']['teacher_map']:.3f} | {afk['tasks']['attributes']['student_map']:.3f} "
-        f"| {kd['tasks']['attributes']['student_map']:.3f} | {everything['tasks']['attributes']['student_map']:.3f} |"
-    )
+    for task, row in table["tasks"].items():
+        cells = " | ".join(_cell(row[f"{method}_student_accuracy"]) for method in METHODS)
+        lines.append(f"| {task} | {row['teacher_accuracy']:.3f} | {cells} |")
+    lines += ["", f"| fidelity to the teacher | {header} |", "|---|---|---|---|"]
+    for task, row in table["tasks"].items():
+        lines.append(f"| {task} | " + " | ".join(_cell(row[f"{method}_fidelity"]) for method in METHODS) + " |")
+    lines += ["", f"| mAP | teacher | {header} |", "|---|---|---|---|---|"]
+    for task, row in table["tasks"].items():
+        if "teacher_map" in row:
+            cells = " | ".join(_cell(row[f"{method}_student_map"]) for method in METHODS)
+            lines.append(f"| {task} | {row['teacher_map']:.3f} | {cells} |")
     lines += ["", "| model | params | MFLOPs / image | CPU ms / image |", "|---|---|---|---|"]
-    for label, report in (("AFK student", afk), ("plain-KD student", kd), ("all-tasks student", everything)):
-        s = report["student"]
+    for method, label in METHODS.items():
+        s = reports[method][0]["student"]
         lines.append(f"| {label} (x{s['width']}) | {s['params']:,} | {s['flops'] / 1e6:.1f} | {s['latency_ms']:.3f} |")
-    t = afk["teachers"]
+    t = reports["afk"][0]["teachers"]
     lines.append(f"| teachers ({' + '.join(t['names'])}) | {t['params']:,} | {t['flops'] / 1e6:.1f} | {t['latency_ms']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -150,6 +183,7 @@ def markdown(reports: dict[str, Any], setting: Setting) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small setting that finishes in a few minutes on 2 CPU cores")
+    parser.add_argument("--seeds", type=int, default=3, help="student seeds per method (teachers are trained once)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--out", default="benchmarks/quality.md", help="Markdown table to write")
     parser.add_argument("--workdir", default=None, help="keep data, teachers and students here (default: a temporary directory)")
@@ -160,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with tempfile.TemporaryDirectory() as scratch, Progress(*columns, console=console, disable=args.json) as progress:
         root = Path(args.workdir or scratch)
-        reports = run(root, setting, progress)
+        reports = run(root, setting, args.seeds, progress)
     table = markdown(reports, setting)
     Path(args.out).write_text(table)
     if args.json:
