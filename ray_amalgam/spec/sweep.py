@@ -103,6 +103,15 @@ def _within(model: type[BaseModel], field: str, values: Any) -> None:
             raise ValueError(f"{value} is out of range ({problem.lower()})") from None
 
 
+_JOB_FIELDS: dict[str, tuple[type[BaseModel], str]] = {
+    "lr": (ScheduleSpec, "lr"),
+    "temperature": (ScheduleSpec, "temperature"),
+    "hint_weight": (HintSpec, "weight"),
+    "branch_tolerance": (StudentSpec, "branch_tolerance"),
+}
+"""Hyperparameter axis -> the job spec model and field whose limits its values must respect."""
+
+
 class AxesSpec(_Strict):
     """What the trials vary; an axis left out keeps the base job's value."""
 
@@ -136,25 +145,12 @@ class AxesSpec(_Strict):
                     raise ValueError(f"subset {index} repeats a task: {list(subset)}")
         return value
 
-    @field_validator("lr", "temperature")
+    @field_validator("lr", "temperature", "hint_weight", "branch_tolerance")
     @classmethod
-    def _schedule(cls, value: Distribution | None, info: Any) -> Distribution | None:
+    def _in_job_range(cls, value: Distribution | None, info: ValidationInfo) -> Distribution | None:
         if value is not None:
-            _within(ScheduleSpec, info.field_name, value.bounds())
-        return value
-
-    @field_validator("hint_weight")
-    @classmethod
-    def _hint(cls, value: Distribution | None) -> Distribution | None:
-        if value is not None:
-            _within(HintSpec, "weight", value.bounds())
-        return value
-
-    @field_validator("branch_tolerance")
-    @classmethod
-    def _tolerance(cls, value: Distribution | None) -> Distribution | None:
-        if value is not None:
-            _within(StudentSpec, "branch_tolerance", value.bounds())
+            model, field = _JOB_FIELDS[info.field_name]
+            _within(model, field, value.bounds())
         return value
 
     def widths(self) -> list[float] | None:

@@ -83,10 +83,10 @@ class SweepLiveView:
     def __init__(self, console: Console | None = None) -> None:
         self._live = Live(Text("sweep: building the teacher-output store ..."), console=console or Console(stderr=True),
                           refresh_per_second=2, transient=True)
+        self._showing = showing(self)
 
     def __enter__(self) -> SweepLiveView:
         self._live.__enter__()
-        self._showing = showing(self)
         self._showing.__enter__()
         return self
 
