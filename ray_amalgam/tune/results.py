@@ -105,7 +105,7 @@ def pareto_png(rows: list[dict[str, Any]]) -> bytes:
     axes.set_xlabel("student params (M)")
     axes.set_ylabel("quality")
     axes.set_title("sweep: quality vs size")
-    axes.legend(loc="lower right")
+    axes.legend(loc="best")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
