@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ray.tune import PlacementGroupFactory
+
 from ray_amalgam.distributed.resources import DATA_TASK_BUDGET, DATA_TASK_CPUS, ResourcePlan
 from ray_amalgam.spec import BadInputError
 
@@ -13,14 +15,22 @@ TRIAL_CPUS = 0.01
 
 def trial_cpus(plan: ResourcePlan, runs_teachers: bool) -> float:
     """CPUs one trial holds while it trains: its driver, its train workers, one data task (reads
-    and decodes must always find a CPU) and, when it runs teachers itself, its smallest pools."""
-    teachers = plan.teacher_actors_min * plan.teacher_actor_cpus if runs_teachers else 0.0
+    and decodes must always find a CPU) and, when it runs teachers itself, its teacher actors."""
+    teachers = plan.teacher_actors_max * plan.teacher_actor_cpus if runs_teachers else 0.0
     return TRIAL_CPUS + plan.train_workers * plan.worker_cpus + DATA_TASK_CPUS + teachers
 
 
 def trial_gpus(plan: ResourcePlan, runs_teachers: bool) -> float:
-    teachers = plan.teacher_actors_min * plan.teacher_actor_gpus if runs_teachers else 0.0
+    teachers = plan.teacher_actors_max * plan.teacher_actor_gpus if runs_teachers else 0.0
     return plan.train_workers * plan.worker_gpus + teachers
+
+
+def trial_bundles(plan: ResourcePlan, runs_teachers: bool) -> PlacementGroupFactory:
+    """What Tune reserves for a trial. Tune starts a trial in a placement group that captures every
+    task and actor the trial starts without a scheduling strategy of its own (Ray Train and Ray
+    Data set theirs, teacher actors do not): a trial that runs teachers holds a bundle for each."""
+    teacher = {"CPU": plan.teacher_actor_cpus, **({"GPU": plan.teacher_actor_gpus} if plan.teacher_actor_gpus else {})}
+    return PlacementGroupFactory([{"CPU": TRIAL_CPUS}] + ([teacher] * plan.teacher_actors_max if runs_teachers else []))
 
 
 def max_concurrent_trials(plan: ResourcePlan, runs_teachers: bool, totals: dict[str, float]) -> int:

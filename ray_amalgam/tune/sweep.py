@@ -18,14 +18,14 @@ from ray.tune.search import BasicVariantGenerator
 from ray_amalgam.amalgamation import AmalgamationPlan
 from ray_amalgam.amalgamation.validation import validate_job, with_absolute_paths
 from ray_amalgam.distributed.pipeline import arrow_filesystem
-from ray_amalgam.distributed.resources import connect, plan_resources
+from ray_amalgam.distributed.resources import ResourcePlan, connect, plan_resources
 from ray_amalgam.distributed.runner import STORE_DIR, TRAIN_STORAGE, configure_ray_data, with_hints
 from ray_amalgam.distributed.store import Store, ensure_store
 from ray_amalgam.io.fs import atomic_write_text, exists, join, read_text, resolve
 from ray_amalgam.models import create_backbone
 from ray_amalgam.spec import BadInputError, JobSpec, load_spec_text
 from ray_amalgam.spec.sweep import SweepSpec
-from ray_amalgam.tune.capacity import TRIAL_CPUS, max_concurrent_trials
+from ray_amalgam.tune.capacity import max_concurrent_trials, trial_bundles
 from ray_amalgam.tune.progress import SweepProgress
 from ray_amalgam.tune.results import FINISHED_STATUS, pareto_front, ranked, write_report
 from ray_amalgam.tune.score import QUALITY, SCORE
@@ -94,9 +94,12 @@ def _trial_id(trial: Any) -> str:
     return trial.trial_id
 
 
-def _tuner(spec: SweepSpec, setup: TrialSetup, plan: AmalgamationPlan, concurrency: int, resume: bool) -> tuple[tune.Tuner, int]:
+def _tuner(
+    spec: SweepSpec, setup: TrialSetup, plan: AmalgamationPlan, trial_plan: ResourcePlan, concurrency: int, resume: bool,
+) -> tuple[tune.Tuner, int]:
     space = param_space(spec)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": TRIAL_CPUS})
+    bundles = trial_bundles(trial_plan, runs_teachers=setup.shared_store is None)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), bundles)
     fs, path = resolve(setup.output)
     storage = arrow_filesystem(fs)
     experiment = join(setup.output, TUNE_DIR)
@@ -179,7 +182,7 @@ def run_sweep(spec: SweepSpec, source: str = "sweep", address: str | None = None
     # Trials read the store; none of them built it.
     setup = TrialSetup(base, output, spec.metric, store and dataclasses.replace(store, rebuilt=False), source)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_PERIOD_S)
-    tuner, expected = _tuner(spec, setup, plan, concurrency, resume)
+    tuner, expected = _tuner(spec, setup, plan, trial_plan, concurrency, resume)
     results = tuner.fit()
     rows = [_trial_row(result, base, output) for result in results]
     _remove_stage_checkpoints(rows, output)
