@@ -44,7 +44,7 @@ from ray_amalgam.distributed.progress import (
     ProgressPoller,
 )
 from ray_amalgam.distributed.resources import ResourcePlan, connect, teacher_pool_size
-from ray_amalgam.distributed.store import ensure_store, read_store, target_columns
+from ray_amalgam.distributed.store import Store, ensure_store, read_store, store_hint_channels, target_columns
 from ray_amalgam.distributed.train_loop import PROGRESS, read_state, train_loop
 from ray_amalgam.io.fs import (
     atomic_write_bytes,
@@ -76,10 +76,13 @@ MAX_FAILURES = 2
 """Worker-group failures Ray Train recovers from (restarting from the last stage checkpoint)."""
 
 
-def _with_hints(job: JobSpec, plan: AmalgamationPlan) -> AmalgamationPlan:
-    """Rank the kept hint channels once, on the driver, from the first training images."""
+def with_hints(job: JobSpec, plan: AmalgamationPlan, store: Store | None = None) -> AmalgamationPlan:
+    """Rank the kept hint channels once, on the driver, from the first training images; with a
+    shared `store`, take the channels its hint columns hold (they were ranked when it was built)."""
     if not job.hint.enabled:
         return plan
+    if store is not None:
+        return plan.with_hint_channels({t: c for t, c in store_hint_channels(store).items() if t in plan.teachers})
     table = next(iter_batches(job.data.train, [IMAGE], batch_size=job.hint.calibration_samples))
     images = decode_batch(table.column(IMAGE).to_pylist(), job.data.train)
     return plan.with_hint_channels(rank_hint_channels(plan, load_teachers(plan), images, job.hint.keep_fraction))
@@ -119,7 +122,7 @@ def split_and_decode(
 
 def build_datasets(
     job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, total_rows: int, held_rows: int, board: str,
-    emit: Callable[[dict[str, Any]], None], pools: TeacherPools | None,
+    emit: Callable[[dict[str, Any]], None], pools: TeacherPools | None, shared_store: Store | None = None,
 ) -> tuple[ray.data.Dataset, ray.data.Dataset, dict[str, Any]]:
     """(train, check) datasets in the engine's batch format, and how they were made.
 
@@ -132,6 +135,8 @@ def build_datasets(
     memory, only the teacher calls (and augmentation) are repeated.
     The check rows (the small held-out share for fidelity) are materialized in both modes:
     their targets never change.
+    `shared_store`: a store built beforehand for a superset of the job's tasks (a sweep's); the
+    job reads its own columns from it and runs no teacher.
     """
     batch = job.resources.teacher_batch_size
     held = held_rows > 0  # with no held-out row, fidelity is measured on the training rows
@@ -140,7 +145,7 @@ def build_datasets(
     if job.teacher_outputs == "store":
         emit({"kind": "store", "phase": "checking"})
         started = time.perf_counter()
-        store = ensure_store(job, plan, "train", job.data.train, join(job.output, STORE_DIR), resources, [], board)
+        store = shared_store or ensure_store(job, plan, "train", job.data.train, join(job.output, STORE_DIR), resources, [], board)
         info.update({"store": store.url, "store_rebuilt": store.rebuilt, "store_seconds": round(time.perf_counter() - started, 2)})
         emit({"kind": "store", "phase": "ready", **info})
         started = time.perf_counter()
@@ -228,7 +233,7 @@ dataset, and a block leaves a map task only when done: every epoch in stream mod
 for the teachers to see ALL rows before its first batch."""
 
 
-def _configure_ray_data(job: JobSpec, plan: AmalgamationPlan) -> None:
+def configure_ray_data(job: JobSpec, plan: AmalgamationPlan) -> None:
     """Blocks of a few teacher batches; no progress bars or per-dataset log lines (they would bury
     the job's own progress view)."""
     context = ray.data.DataContext.get_current()
@@ -250,23 +255,28 @@ def run_job(
     address: str | None = None,
     resume: bool = False,
     progress_callback: ProgressCallback | None = None,
+    shared_store: Store | None = None,
+    train_callbacks: list[ray.train.UserCallback] | None = None,
 ) -> dict[str, Any]:
     """Run an amalgamation job on Ray and return its summary (also written to `<output>/report.json`).
 
     `address`: a Ray cluster to join; None starts (or reuses) a local Ray sized for the job.
     `resume`: continue after the last finished stage found in the output's storage.
     `progress_callback(event)`: called about once a second with the latest progress event.
+    `shared_store`: a teacher-output store built for a superset of the job's tasks (a sweep's):
+    read instead of running teachers (store mode only).
+    `train_callbacks`: added to the Ray Train run (a sweep trial forwards its reports to Tune).
     """
     started = time.perf_counter()
     emit = progress_callback or (lambda event: None)
     job = with_absolute_paths(job)
     plan = validate_job(job, source)
-    plan = _with_hints(job, plan)
+    plan = with_hints(job, plan, shared_store)
     ray_started = time.perf_counter()
     resources = connect(job, len(plan.teachers), address)
     ray_seconds = time.perf_counter() - ray_started
     write_job_record(job, source)  # the first write: the job and the cluster's fit are checked
-    _configure_ray_data(job, plan)
+    configure_ray_data(job, plan)
     storage = join(job.output, TRAIN_STORAGE)
     storage_fs, storage_path = resolve(storage)
     resume_from = latest_checkpoint(storage) if resume else None
@@ -292,7 +302,7 @@ def run_job(
         with ProgressPoller(board, forward, extra) as poller:
             data_started = time.perf_counter()
             train, check, data_info = build_datasets(
-                job, plan, resources, expected_count + held_rows, held_rows, board_name, poller.emit, pools
+                job, plan, resources, expected_count + held_rows, held_rows, board_name, poller.emit, pools, shared_store
             )
             data_seconds = time.perf_counter() - data_started
             gpu = {"GPU": resources.worker_gpus} if resources.worker_gpus > 0 else {}
@@ -320,6 +330,7 @@ def run_job(
                     failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
                     # The latest stage checkpoint is all a retry or --resume needs.
                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                    callbacks=train_callbacks,
                 ),
                 datasets={"train": train, "check": check},
             )

@@ -168,6 +168,12 @@ def _remove_stale(root: str, split: str, keep: str) -> None:
             fs.rm(path, recursive=True)
 
 
+def store_hint_channels(store: Store) -> dict[str, dict[int, tuple[int, ...]]]:
+    """teacher -> block -> the channel indices the store's hint columns hold."""
+    channels = read_json(join(store.url, MANIFEST))["inputs"]["hint_channels"]
+    return {t: {int(b): tuple(c) for b, c in blocks.items()} for t, blocks in channels.items()}
+
+
 def read_store(store: Store, columns: list[str], resources: ResourcePlan) -> ray.data.Dataset:
     """Only `columns` of the store's files, as a lazily read Ray Dataset."""
     return read_rows(list(store.files), columns, resources)

@@ -1,0 +1,100 @@
+"""One sweep of N trials (widths x task subsets), three ways, on the same data and teachers:
+
+(a) store: `run_sweep` with one teacher-output store for the union of the tasks, shared by every trial;
+(b) stream: `run_sweep` with `teacher_outputs: stream`, the teachers running in every trial, every epoch;
+(c) sequential: the N jobs one after another with `amalgamate` (one process, no Ray; each job runs
+    its teachers once over the data).
+
+Prints wall times, teacher forward passes per sample for the whole sweep, and the ratios
+(how many times longer the other way took than the shared store).
+
+    python -m benchmarks.sweep [--rows 512] [--widths 0.25,0.5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.throughput import make_job, prepare
+from ray_amalgam.amalgamation.runner import amalgamate_local
+from ray_amalgam.cli.console import print_json, print_table, stdout_reserved_for_json
+from ray_amalgam.spec.sweep import SweepSpec
+from ray_amalgam.tune import run_sweep
+from ray_amalgam.tune.space import job_for_tasks
+
+SUBSETS = [["shape"], ["position"], ["shape", "position"]]
+
+
+def sweep_spec(root: Path, mode: str, widths: list[float], batch_size: int) -> SweepSpec:
+    base = make_job(root, mode, batch_size).model_copy(update={"output": str(root / f"sweep_{mode}")})
+    return SweepSpec.model_validate({
+        "base": base.model_dump(mode="json"), "axes": {"width": widths, "tasks": SUBSETS}, "searcher": "grid", "scheduler": "fifo",
+    })
+
+
+def sweep_way(root: Path, mode: str, widths: list[float], batch_size: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    summary = run_sweep(sweep_spec(root, mode, widths, batch_size), source=f"benchmark {mode}")
+    assert summary["finished"] == summary["trials"], summary
+    return {"seconds": time.perf_counter() - started, "trials": summary["trials"], "teacher_passes_per_sample": summary["teacher_passes_per_sample"]}
+
+
+def sequential_way(root: Path, widths: list[float], batch_size: int) -> dict[str, Any]:
+    base = make_job(root, "store", batch_size)
+    started = time.perf_counter()
+    jobs = [job_for_tasks(base, tuple(s), str(root / f"sequential_{i}"), width=w)
+            for i, (w, s) in enumerate((w, s) for w in widths for s in SUBSETS)]
+    for job in jobs:
+        amalgamate_local(job, source="benchmark sequential")
+    # Each job computes its teachers' targets over the training data once.
+    return {"seconds": time.perf_counter() - started, "trials": len(jobs), "teacher_passes_per_sample": float(len(jobs))}
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    widths = [float(w) for w in args.widths.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="ra_sweep_bench_"))
+    try:
+        prepare(root, args.rows, args.image_size, teacher_width=0.25)
+        ways = {
+            "store": sweep_way(root, "store", widths, args.batch_size),
+            "stream": sweep_way(root, "stream", widths, args.batch_size),
+            "sequential": sequential_way(root, widths, args.batch_size),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    store = ways["store"]["seconds"]
+    return {
+        "rows": args.rows,
+        "trials": ways["store"]["trials"],
+        "ways": ways,
+        "teacher_passes_per_sample": ways["store"]["teacher_passes_per_sample"],
+        "ratios": {"store_vs_stream": ways["stream"]["seconds"] / store, "store_vs_sequential": ways["sequential"]["seconds"] / store},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--widths", default="0.25,0.5", help="comma-separated student widths (x 3 task subsets = trials)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.json:
+        with stdout_reserved_for_json(until_exit=True):
+            print_json(measure(args))
+        return
+    result = measure(args)
+    print_table(f"sweep of {result['trials']} trials, {args.rows} rows", ["way", "seconds", "teacher passes / sample", "x store time"], [
+        [name, way["seconds"], way["teacher_passes_per_sample"], way["seconds"] / result["ways"]["store"]["seconds"]]
+        for name, way in result["ways"].items()
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The sweep's pure parts: search space, trial jobs, concurrency from the cluster, Pareto front, score."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_amalgam.distributed.resources import ResourcePlan
+from ray_amalgam.spec import BadInputError, JobSpec
+from ray_amalgam.spec.sweep import MetricSpec, SweepSpec
+from ray_amalgam.tune.capacity import max_concurrent_trials
+from ray_amalgam.tune.results import pareto_front
+from ray_amalgam.tune.score import final_score, quality
+from ray_amalgam.tune.space import param_space, trial_job, union_tasks
+
+BASE = {
+    "teachers": [{"name": "A", "checkpoint": "/a"}, {"name": "B", "checkpoint": "/b"}],
+    "tasks": ["shape", "position"],
+    "task_teachers": {"shape": "A"},
+    "data": {"train": "/train", "eval": "/eval"},
+    "output": "/out",
+}
+
+
+def _sweep(**fields) -> SweepSpec:
+    return SweepSpec.model_validate({"base": BASE, **fields})
+
+
+def test_grid_space_and_trial_jobs():
+    spec = _sweep(searcher="grid", axes={"width": {"min": 0.25, "max": 0.75, "step": 0.25},
+                                         "tasks": {"every_subset_of": ["shape", "position"]}, "lr": {"choice": [0.01]}})
+    space = param_space(spec)
+    assert space["width"] == {"grid_search": [0.25, 0.5, 0.75]}
+    assert space["tasks"] == {"grid_search": ["shape", "position", "shape+position"]}
+    assert union_tasks(spec) == ("shape", "position")
+    job = trial_job(spec.base, {"width": 0.5, "tasks": "position", "lr": 0.01}, "/out/trials/t1")
+    assert (job.tasks, job.student.width, job.schedule.lr, job.output) == (("position",), 0.5, 0.01, "/out/trials/t1")
+    assert job.task_teachers == {}  # settings of tasks the trial does not learn are dropped
+
+
+def test_choose_k_subsets_are_string_keys():
+    spec = _sweep(axes={"tasks": {"choose": 2, "of": ["shape", "position", "color"]}})
+    assert sorted(param_space(spec)["tasks"].categories) == ["position+color", "shape+color", "shape+position"]
+
+
+def _plan(worker_cpus: float, worker_gpus: float = 0.0) -> ResourcePlan:
+    return ResourcePlan(train_workers=1, worker_cpus=worker_cpus, worker_gpus=worker_gpus, teacher_actor_cpus=0.5,
+                        teacher_actor_gpus=0.0, data_task_cpus=0.25, teacher_actors_min=2, teacher_actors_max=2, cluster_cpus=0.0)
+
+
+def test_concurrency_follows_the_cluster():
+    assert max_concurrent_trials(_plan(1.0), runs_teachers=False, totals={"CPU": 4.0}) == 2
+    assert max_concurrent_trials(_plan(1.0), runs_teachers=True, totals={"CPU": 4.0}) == 1
+    assert max_concurrent_trials(_plan(2.0, 1.0), runs_teachers=False, totals={"CPU": 64.0, "GPU": 3.0}) == 3
+    with pytest.raises(BadInputError, match="no trial could ever start"):
+        max_concurrent_trials(_plan(4.0), runs_teachers=False, totals={"CPU": 4.0})
+
+
+def test_pareto_front_keeps_only_undominated_finished_trials():
+    rows = [
+        {"trial_id": "small", "status": "finished", "quality": 0.7, "params": 1},
+        {"trial_id": "big", "status": "finished", "quality": 0.9, "params": 3},
+        {"trial_id": "worse", "status": "finished", "quality": 0.6, "params": 2},
+        {"trial_id": "stopped", "status": "stopped", "quality": 1.0, "params": 0},
+    ]
+    assert pareto_front(rows) == ["small", "big"]
+
+
+def test_score_ignores_nan_and_penalizes_size():
+    assert quality(MetricSpec(), {"a": 1.0, "b": float("nan")}) == 0.5
+    assert quality(MetricSpec(quality="fidelity/b"), {"a": 1.0}) is None
+    assert final_score(MetricSpec(size_penalty=0.5), {"a": 0.8}, params=50, teacher_params=100) == (0.8, 0.55)
+
+
+def test_base_is_a_job():
+    assert isinstance(_sweep().base, JobSpec)
