@@ -69,7 +69,7 @@ def make_job(root: Path, mode: str, batch_size: int, device: str = "cpu", studen
         "data": {"train": str(root / "train"), "eval": str(root / "eval")},
         # Manual branch points: every mode trains the same entangled tails in the same stages.
         "student": {"width": student_width, "branch_out": {"shape": 4, "position": 4}},
-        "schedule": {"batch_size": batch_size},
+        "schedule": {"stage_epochs": 1, "finetune_epochs": 1, "batch_size": batch_size},
         "teacher_outputs": mode,
         "resources": {"teacher_batch_size": 256, **gpu},
         "output": str(root / f"out_{mode}"),

@@ -45,6 +45,7 @@ from ray_amalgam.amalgamation.runner import (
     compute_targets,
     evaluate,
 )
+from ray_amalgam.amalgamation.schedule import concrete_schedule, stage_lr_scheduler, steps_per_epoch
 from ray_amalgam.amalgamation.student import STUDENT_META, load_student, predict, save_student
 from ray_amalgam.amalgamation.targets import teacher_outputs
 from ray_amalgam.amalgamation.validation import (
@@ -67,6 +68,7 @@ __all__ = [
     "auto_branch_points",
     "average_precision",
     "compute_targets",
+    "concrete_schedule",
     "count_flops",
     "count_params",
     "cpu_latency_ms",
@@ -96,6 +98,8 @@ __all__ = [
     "prediction_entropy",
     "rank_hint_channels",
     "save_student",
+    "stage_lr_scheduler",
+    "steps_per_epoch",
     "teacher_outputs",
     "validate_job",
     "verdict",

@@ -27,6 +27,7 @@ from ray_amalgam.amalgamation.losses import (
 )
 from ray_amalgam.amalgamation.metrics import fidelity_matches
 from ray_amalgam.amalgamation.plan import AmalgamationPlan, hint_key, logits_key
+from ray_amalgam.amalgamation.schedule import stage_lr_scheduler
 from ray_amalgam.models import (
     Adapter,
     MultiTaskNet,
@@ -177,6 +178,7 @@ class Amalgamator:
         self._stage: str | None = None
         self._module: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
+        self._lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self._hint_index = {
             (task, block): torch.as_tensor(channels, device=self.device)
             for task in plan.task_names
@@ -226,7 +228,7 @@ class Amalgamator:
         """True when a stage has nothing to train (no task left on the trunk, or no finetune
         epochs): the caller calls `finish_stage(stage, {})` without training."""
         if stage == FINETUNE:
-            return self.job.schedule.finetune_epochs == 0
+            return self.stage_epochs(FINETUNE) == 0
         return not self.tasks_on_trunk(int(stage.removeprefix("block")))
 
     def _check_current(self, stage: str) -> None:
@@ -263,16 +265,25 @@ class Amalgamator:
         net = StageNet(trunk, block, branches, frozen)
         return net, [p for m in trainable for p in m.parameters()]
 
-    def stage_module(self, stage: str) -> nn.Module:
+    def stage_module(self, stage: str, steps: int | None = None) -> nn.Module:
         """The module holding `stage`'s trainable parameters; `forward(images) -> {task: logits}`.
-        Starting a stage creates its optimizer."""
+        Starting a stage creates its optimizer, and its learning-rate schedule over the stage's
+        `steps` optimizer steps (None, a length not known: a constant rate)."""
         self._check_current(stage)
         if self._stage != stage:
             module, params = self._build_stage(stage)
             schedule = self.job.schedule
             self._optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+            self._lr_scheduler = stage_lr_scheduler(self._optimizer, schedule, steps)
             self._stage, self._module = stage, module
         return self._module
+
+    def stage_epochs(self, stage: str) -> int:
+        """Epochs the stage trains for (the schedule's epochs must be concrete numbers by now)."""
+        epochs = self.job.schedule.finetune_epochs if stage == FINETUNE else self.job.schedule.stage_epochs
+        if not isinstance(epochs, int):
+            raise ValueError("schedule epochs are still 'auto': resolve them with concrete_schedule first")
+        return epochs
 
     def student(self) -> TargetNet:
         """The TargetNet; its branches own copies of the teacher tails. Needs all block stages done."""
@@ -376,6 +387,7 @@ class Amalgamator:
         self._optimizer.zero_grad(set_to_none=True)
         total.backward()
         self._optimizer.step()
+        self._lr_scheduler.step()
         terms["loss"] = total.detach()
         # One device-to-host copy for all loss values (one sync per step on CUDA, not one per task).
         return dict(zip(terms, torch.stack(list(terms.values())).tolist()))
@@ -426,7 +438,7 @@ class Amalgamator:
         self._fidelity[stage] = {task: float(value) for task, value in fidelity.items()}
         self._samples[stage] = int(samples)
         self._finished.append(stage)
-        self._stage = self._module = self._optimizer = None
+        self._stage = self._module = self._optimizer = self._lr_scheduler = None
         after = self.branch_points()
         left = {t: p for t, p in after.items() if t not in before and p < self.num_blocks}
         return {"stage": stage, "fidelity": self._fidelity[stage], "samples": int(samples), "left_trunk": left, "branch_points": after}
@@ -450,7 +462,7 @@ class Amalgamator:
         self._finished = list(progress["finished"])
         self._fidelity = {stage: dict(values) for stage, values in progress["fidelity"].items()}
         self._samples = dict(progress.get("samples", {}))
-        self._stage = self._module = self._optimizer = None
+        self._stage = self._module = self._optimizer = self._lr_scheduler = None
         if "branches" in self._parts:
             del self._parts["branches"]
         if any(key.startswith("branches.") for key in state):

@@ -29,6 +29,7 @@ from ray_amalgam.amalgamation.metrics import (
     mean_average_precision,
 )
 from ray_amalgam.amalgamation.plan import AmalgamationPlan
+from ray_amalgam.amalgamation.schedule import concrete_schedule, steps_per_epoch
 from ray_amalgam.amalgamation.student import save_student
 from ray_amalgam.amalgamation.supervised import LabelledData, load_labelled
 from ray_amalgam.amalgamation.targets import teacher_outputs
@@ -84,7 +85,8 @@ def _train_stage(
     progress: Progress | None,
 ) -> None:
     schedule = engine.job.schedule
-    epochs = schedule.finetune_epochs if stage == FINETUNE else schedule.stage_epochs
+    epochs = engine.stage_epochs(stage)
+    engine.stage_module(stage, steps=epochs * steps_per_epoch(len(train_rows), schedule.batch_size))
     bar: TaskID | None = progress.add_task(stage, total=epochs * len(train_rows)) if progress is not None else None
     for epoch in range(1, epochs + 1):
         started, done = time.perf_counter(), 0
@@ -205,6 +207,7 @@ def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: 
     held = holdout_mask(train.ids, HOLDOUT_FRACTION)
     fit_rows = np.flatnonzero(~held)
     check_rows = np.flatnonzero(held) if held.any() and not held.all() else fit_rows
+    job = job.model_copy(update={"schedule": concrete_schedule(job.schedule, len(fit_rows))})
     if not block_stages:
         # Same total epochs as the block-wise run, all spent end to end.
         epochs = create_backbone(plan.student).num_blocks * job.schedule.stage_epochs + job.schedule.finetune_epochs
@@ -225,6 +228,7 @@ def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: 
         "stages": records,
         **save_and_evaluate(engine, teachers, job, device),
         "train_samples": int(len(fit_rows)),
+        "schedule": job.schedule.model_dump(mode="json"),
         "seconds": round(time.perf_counter() - started, 1),
     }
     atomic_write_text(join(job.output, "report.json"), json.dumps(report, indent=2, sort_keys=True))

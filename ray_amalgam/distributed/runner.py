@@ -25,6 +25,7 @@ from ray_amalgam.amalgamation import (
     FINETUNE,
     AmalgamationPlan,
     Amalgamator,
+    concrete_schedule,
     rank_hint_channels,
 )
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, report_tables, save_and_evaluate
@@ -292,6 +293,7 @@ def run_job(
     try:
         train_ids, held_rows = _train_ids(job.data.train)
         expected_count, expected_digest = id_digest(train_ids)
+        job = job.model_copy(update={"schedule": concrete_schedule(job.schedule, expected_count)})
         num_blocks = create_backbone(plan.student).num_blocks
         stage_epochs = [job.schedule.stage_epochs] * num_blocks + [job.schedule.finetune_epochs]
         extra = {"mode": job.teacher_outputs, "train_workers": job.resources.num_workers, "rows": expected_count}
@@ -313,6 +315,7 @@ def run_job(
                     "job": job.model_dump(mode="json"),
                     "plan": plan,
                     "threads": max(1, int(resources.worker_cpus)),
+                    "train_rows": expected_count,
                     "board": board_name,
                     "resume_from": resume_from,
                     "fit_started_at": fit_started_at,
@@ -386,6 +389,7 @@ def _finish(
         "resources": resources.as_dict(),
         "stages": stages,
         **evaluation,
+        "schedule": job.schedule.model_dump(mode="json"),
         "all_epochs_ids_exact": all(e["ids_exact"] for e in epochs),
         **info,
     }

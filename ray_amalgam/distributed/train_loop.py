@@ -23,7 +23,7 @@ import ray.train.torch
 import safetensors.torch
 import torch
 
-from ray_amalgam.amalgamation import FINETUNE, AmalgamationPlan, Amalgamator
+from ray_amalgam.amalgamation import AmalgamationPlan, Amalgamator, steps_per_epoch
 from ray_amalgam.amalgamation.validation import load_teachers
 from ray_amalgam.distributed.collectives import sum_across_workers, sum_digests_across_workers
 from ray_amalgam.distributed.pipeline import id_digest
@@ -210,12 +210,13 @@ def train_loop(config: dict[str, Any]) -> None:
         if stage in engine.progress()["finished"]:
             continue
         if not engine.skips(stage):
-            epochs = job.schedule.finetune_epochs if stage == FINETUNE else job.schedule.stage_epochs
+            epochs = engine.stage_epochs(stage)
+            steps = epochs * steps_per_epoch(config["train_rows"], job.schedule.batch_size, world)
             # find_unused_parameters: a stage may hold modules no loss reaches for some batches
             # (e.g. hint adapters); DDP would otherwise stall waiting for their gradients.
             with timeline.span("prepare_model", stage):
                 model = ray.train.torch.prepare_model(
-                    engine.stage_module(stage), parallel_strategy_kwargs={"find_unused_parameters": True}
+                    engine.stage_module(stage, steps), parallel_strategy_kwargs={"find_unused_parameters": True}
                 )
             for epoch in range(1, epochs + 1):
                 with timeline.span("epoch", stage):

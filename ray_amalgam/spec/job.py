@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 BOTH = "both"
 """`task_teachers` value: learn a shared task from every owner, per sample from the least ambiguous."""
+SAMPLES_PER_STAGE = 15_000
+FINETUNE_STAGES = 2.0
 
 
 class _Strict(BaseModel):
@@ -43,8 +45,14 @@ class HintSpec(_Strict):
 
 
 class ScheduleSpec(_Strict):
-    stage_epochs: int = Field(1, ge=1)
-    finetune_epochs: int = Field(1, ge=0)
+    stage_epochs: int | Literal["auto"] = "auto"
+    """Epochs per block stage; `auto`: as many as show the stage about `samples_per_stage` images."""
+    finetune_epochs: int | Literal["auto"] = "auto"
+    """`auto`: as many as show the finetune about `finetune_stages` x `samples_per_stage` images."""
+    samples_per_stage: int = Field(SAMPLES_PER_STAGE, ge=1)
+    finetune_stages: float = Field(FINETUNE_STAGES, gt=0.0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    """Per stage: warm-up then cosine decay to zero, or a constant rate."""
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -52,6 +60,15 @@ class ScheduleSpec(_Strict):
     task_weights: dict[str, float] = {}
     augment: bool = False
     seed: int = 0
+
+    @field_validator("stage_epochs", "finetune_epochs", mode="plain")
+    @classmethod
+    def _epoch_count(cls, value: object, info: ValidationInfo) -> int | str:
+        # One plain check instead of a union, whose errors name pydantic's branches, not the field.
+        least = 1 if info.field_name == "stage_epochs" else 0
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+            return value
+        raise ValueError(f"expected 'auto' or a whole number >= {least} (got {value!r})")
 
 
 class ActorRange(_Strict):

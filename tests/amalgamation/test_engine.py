@@ -45,7 +45,7 @@ def job(metas, tasks, **overrides) -> JobSpec:
         tasks=tasks,
         data=DataSpec(train="/none/train", eval="/none/eval"),
         student=StudentSpec(width=0.25),
-        schedule=ScheduleSpec(batch_size=4, lr=1e-2, finetune_epochs=1),
+        schedule=ScheduleSpec(stage_epochs=1, finetune_epochs=1, batch_size=4, lr=1e-2),
         output="/none/out",
     )
     fields.update(overrides)

@@ -5,6 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import torch
+from rich.progress import Progress
 
 from ray_amalgam.amalgamation import (
     amalgamate_local,
@@ -63,3 +64,18 @@ def test_kd_baseline_uses_one_end_to_end_stage(pool, tmp_path):
     assert report["branch_points"] == {"color": 4, "position": 4}
     assert [r["stage"] for r in report["stages"] if r["fidelity"]] == ["finetune"]
     assert report["tasks"]["position"]["fidelity"] > 2 * CHANCE["position"]
+
+
+def test_auto_epochs_follow_the_training_rows(pool, tmp_path):
+    """`auto` stage and finetune epochs come from the sample budget and the rows left after the
+    hold-out; the progress bars show the samples each stage really trained on."""
+    schedule = pool.job("x").schedule.model_copy(
+        update={"stage_epochs": "auto", "finetune_epochs": "auto", "samples_per_stage": 800, "finetune_stages": 0.5}
+    )
+    with Progress(disable=True) as progress:
+        report = amalgamate_local(pool.job(str(tmp_path), schedule=schedule), progress)
+    rows = report["train_samples"]
+    assert 350 < rows < 448  # the held-out tenth is not trained on
+    assert (report["schedule"]["stage_epochs"], report["schedule"]["finetune_epochs"]) == (2, 1)
+    totals = {task.description.split(" ")[0]: task.total for task in progress.tasks}
+    assert totals == {"block1": 2 * rows, "block2": 2 * rows, "block3": 2 * rows, "block4": 2 * rows, "finetune": rows}

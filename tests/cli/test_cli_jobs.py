@@ -28,7 +28,7 @@ def write_job(root: Path, path: Path, **changes) -> Path:
         "tasks": ["color", "position"],
         "data": {"train": str(root / "train"), "eval": str(root / "eval")},
         "student": {"width": 0.25},
-        "schedule": {"batch_size": 32},
+        "schedule": {"stage_epochs": 1, "finetune_epochs": 1, "batch_size": 32},
         "output": str(path.parent / "out"),
     }
     job.update(changes)

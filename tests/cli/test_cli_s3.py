@@ -47,7 +47,7 @@ def test_data_teachers_amalgamate_predict_on_s3(capsys, s3_server, tmp_path):
         "tasks": ["color", "position"],
         "data": {"train": f"{bucket}/train", "eval": f"{bucket}/eval"},
         "student": {"width": 0.25},
-        "schedule": {"batch_size": 32},
+        "schedule": {"stage_epochs": 1, "finetune_epochs": 1, "batch_size": 32},
         "output": f"{bucket}/out",
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))

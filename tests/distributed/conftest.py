@@ -42,7 +42,7 @@ def job_dict(pool: Path, output: Path, **overrides: Any) -> dict[str, Any]:
         "tasks": ["shape", "position"],
         "data": {"train": str(pool / "train"), "eval": str(pool / "eval")},
         "student": {"width": 0.25},
-        "schedule": {"batch_size": 16},
+        "schedule": {"stage_epochs": 1, "finetune_epochs": 1, "batch_size": 16},
         "resources": {"teacher_batch_size": 16},
         "output": str(output),
     }

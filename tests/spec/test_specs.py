@@ -32,6 +32,8 @@ def test_good_job_loads_with_defaults():
     assert job.student.branch_out == {"shape": 3}
     assert job.resources.teacher_actors.max == 2
     assert job.hint.enabled is False and job.schedule.temperature == 4.0
+    assert job.schedule.stage_epochs == 2 and job.schedule.lr_schedule == "cosine"
+    assert JobSpec.model_fields["schedule"].default.finetune_epochs == "auto"
 
 
 @pytest.mark.parametrize(
@@ -41,6 +43,10 @@ def test_good_job_loads_with_defaults():
         (lambda t: t.replace("width: 0.5", "width: 3"), "job.yaml: student.width: Input should be less than or equal to 1"),
         (lambda t: t.replace("teacher_outputs: stream", "teacher_outputs: disk"), "job.yaml: teacher_outputs: Input should be 'stream' or 'store'"),
         (lambda t: t.replace("batch_size: 32", "batch_size: 32, epochs: 3"), "job.yaml: schedule.epochs: Extra inputs are not permitted"),
+        (lambda t: t.replace("batch_size: 32", "batch_size: 32, stage_epochs: lots"),
+         "job.yaml: schedule.stage_epochs: expected 'auto' or a whole number >= 1 (got 'lots')"),
+        (lambda t: t.replace("batch_size: 32", "batch_size: 32, finetune_epochs: -1"),
+         "job.yaml: schedule.finetune_epochs: expected 'auto' or a whole number >= 0 (got -1)"),
         (lambda t: t.replace("[shape, position]", "[shape, shape]"), "job.yaml: tasks: tasks repeat"),
         (lambda t: t.replace("{shape: 3}", "{color: 3}"), "student.branch_out names task 'color'"),
         (lambda t: t.replace("{min: 1, max: 2}", "{min: 3, max: 2}"), "resources.teacher_actors: max (2) must be >= min (3)"),
