@@ -40,6 +40,13 @@ from ray_amalgam.amalgamation.plan import (
     logits_key,
     make_plan,
 )
+from ray_amalgam.amalgamation.pool import (
+    PoolSelection,
+    describe_checkpoint,
+    resolve_pool_job,
+    select_teachers,
+    synthesize_pool,
+)
 from ray_amalgam.amalgamation.runner import (
     amalgamate_local,
     compute_targets,
@@ -59,6 +66,11 @@ from ray_amalgam.amalgamation.validation import (
 __all__ = [
     "EXPORT_FORMATS",
     "FINETUNE",
+    "PoolSelection",
+    "describe_checkpoint",
+    "resolve_pool_job",
+    "select_teachers",
+    "synthesize_pool",
     "AmalgamationPlan",
     "Amalgamator",
     "Exported",

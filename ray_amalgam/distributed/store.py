@@ -35,6 +35,7 @@ from ray_amalgam.io.fs import (
     exists,
     files_not_as_listed,
     join,
+    modified_time,
     resolve,
 )
 from ray_amalgam.io.metafile import read_json
@@ -68,8 +69,7 @@ def _file_fingerprint(url: str) -> dict[str, Any]:
     fs, path = resolve(url)
     info = fs.info(path)
     # Size plus the store's notion of modification time: a rewritten shard changes the key.
-    modified = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("created")
-    return {"name": posixpath.basename(path), "size": info["size"], "modified": str(modified)}
+    return {"name": posixpath.basename(path), "size": info["size"], "modified": modified_time(info) or "None"}
 
 
 def store_key(plan: AmalgamationPlan, data_url: str) -> tuple[str, dict[str, Any]]:
