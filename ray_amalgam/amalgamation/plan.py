@@ -31,6 +31,8 @@ class AmalgamationPlan:
     input_size: int
     hint_channels: dict[str, dict[int, tuple[int, ...]]] = field(default_factory=dict)
     """teacher -> teacher block (1-based) -> kept channel indices, when the hint loss is on."""
+    costs: dict[str, float] = field(default_factory=dict)
+    """teacher -> FLOPs per image: what sizes its actor pool (slow teachers get more actors)."""
     selection: dict[str, Any] | None = None
     """For a job drawn from a pool: which teachers were chosen and why (`PoolSelection.as_dict`)."""
 

@@ -5,12 +5,13 @@ distributed layer runs `describe_checkpoint` in parallel for large pools."""
 from __future__ import annotations
 
 import itertools
-from math import comb
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from math import comb
 from typing import Any
 
 from ray_amalgam.amalgamation.metrics import count_flops, count_params
+from ray_amalgam.amalgamation.supervised import LabelledData
 from ray_amalgam.io.catalogue import Candidate, read_catalogue
 from ray_amalgam.io.checkpoints import checkpoint_hash, load_teacher
 from ray_amalgam.models import teacher_from_weights
@@ -260,6 +261,7 @@ def synthesize_pool(root: str, count: int, seed: int = 0, input_size: int = 16) 
     import torch
 
     from ray_amalgam.io.checkpoints import save_teacher
+    from ray_amalgam.io.fs import join
     from ray_amalgam.io.synth import SYNTH_TASKS
     from ray_amalgam.models import build_teacher
     from ray_amalgam.spec import BackboneSpec, TeacherMeta
@@ -272,6 +274,38 @@ def synthesize_pool(root: str, count: int, seed: int = 0, input_size: int = 16) 
         meta = TeacherMeta(backbone=BackboneSpec(arch=arch, width=width), tasks=tasks, input_size=input_size)
         torch.manual_seed(seed * 1000 + index)
         name = f"teacher_{index:02d}"
-        save_teacher(f"{root.rstrip('/')}/{name}", build_teacher(meta).state_dict(), meta)
+        save_teacher(join(root, name), build_teacher(meta).state_dict(), meta)
         written[name] = tuple(t.name for t in tasks)
     return written
+
+
+def teacher_quality(entry: CatalogueEntry, data: LabelledData) -> dict[str, float]:
+    """Quality figures of an accepted teacher on labelled data, for each of its tasks the data
+    labels: accuracy (multiclass) or mAP (multilabel)."""
+    import torch
+
+    from ray_amalgam.amalgamation.metrics import matches, mean_average_precision
+    from ray_amalgam.amalgamation.validation import load_teacher_model
+    from ray_amalgam.io.images import to_tensor
+
+    tasks = [t for t in entry.tasks if t.name in data.labels]
+    if not tasks:
+        return {}
+    if data.images.shape[1] != entry.input_size:
+        raise BadInputError(f"{entry.name}: expects {entry.input_size} px images, the labelled data has {data.images.shape[1]} px")
+    meta = entry.teacher_meta()
+    model = load_teacher_model(entry.url)
+    logits: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
+    with torch.inference_mode():
+        for start in range(0, len(data.images), 256):
+            out = model(to_tensor(data.images[start : start + 256], meta.mean, meta.std), [t.name for t in tasks])
+            for t in tasks:
+                logits[t.name].append(out[t.name].float())
+    quality = {}
+    for t in tasks:
+        values = torch.cat(logits[t.name])
+        if t.kind == "multiclass":
+            quality[t.name] = float(matches(values, torch.from_numpy(data.labels[t.name]), t.kind).mean())
+        else:
+            quality[t.name] = mean_average_precision(values.sigmoid().numpy(), data.labels[t.name])
+    return quality

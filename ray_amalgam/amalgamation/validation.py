@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from ray_amalgam.amalgamation.branch_out import manual_branch_points
 from ray_amalgam.amalgamation.engine import entangled_blocks
+from ray_amalgam.amalgamation.metrics import count_flops
 from ray_amalgam.amalgamation.plan import AmalgamationPlan, make_plan
 from ray_amalgam.amalgamation.pool import resolve_pool_job
 from ray_amalgam.io.checkpoints import load_teacher, read_teacher_meta
@@ -83,6 +84,7 @@ def load_pool(job: JobSpec, source: str = "job") -> tuple[AmalgamationPlan, dict
         if ref.name in plan.teachers
     }
     _check_student(job, plan, teachers, source)
+    plan = replace(plan, costs={name: float(count_flops(model, plan.input_size)) for name, model in teachers.items()})
     for split in ("train", "eval"):
         url = getattr(job.data, split)
         meta = in_field(source, f"data.{split}", lambda url=url: read_dataset_meta(url))

@@ -1,4 +1,4 @@
-"""`ray-amalgam pool index | show`: a catalogue of the teacher checkpoints under a prefix."""
+"""`ray-amalgam pool synth | index | show`: a catalogue of the teacher checkpoints under a prefix."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from rich.markup import escape
 
 from ray_amalgam.cli.console import console, print_json, print_table, progress_bar
+from ray_amalgam.cli.data import positive
 from ray_amalgam.io.catalogue import read_catalogue
 from ray_amalgam.spec import CatalogueEntry
 
@@ -24,10 +25,29 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     index.add_argument("--no-ray", action="store_true", help="read every checkpoint in this process")
     index.set_defaults(handler=_index)
 
+    synth = sub.add_parser("synth", help="write a pool of randomly initialised tiny teachers (tests, demos, benchmarks)",
+                           parents=[common])
+    synth.add_argument("--out", required=True, help="prefix to write teacher_NN checkpoints under")
+    synth.add_argument("--teachers", type=positive, default=12, help="how many (three architectures in turn)")
+    synth.add_argument("--image-size", type=positive, default=16)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_synth)
+
     show = sub.add_parser("show", help="print a catalogue as a table", parents=[common])
     show.add_argument("catalogue", help="catalogue file URL")
     show.add_argument("--task", default=None, help="only the teachers owning this task, best owner first")
     show.set_defaults(handler=_show)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from ray_amalgam.amalgamation.pool import synthesize_pool
+
+    written = synthesize_pool(args.out, args.teachers, args.seed, args.image_size)
+    if args.json:
+        print_json({"out": args.out, "teachers": written})
+    else:
+        console.print(f"wrote {len(written)} untrained teachers to {args.out}")
+    return 0
 
 
 def _index(args: argparse.Namespace) -> int:

@@ -97,7 +97,7 @@ def index_pool(
         "refused": [{"name": e.name, "reason": e.reason} for e in refused],
         "read": sorted(c.name for c in to_read),
         "unchanged": len(kept),
-        "dropped": sorted(set(e.name for e in old.entries) - set(e.name for e in entries)) if old else [],
+        "dropped": sorted({e.name for e in old.entries} - {e.name for e in entries}) if old else [],
         "ray": parallel and bool(to_read),
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -52,6 +52,7 @@ _EXPORTS = {
     "dataset_meta_url": "shards",
     "inspect_dataset": "shards",
     "iter_batches": "shards",
+    "iter_shard_batches": "shards",
     "label_type": "shards",
     "list_shards": "shards",
     "read_dataset_meta": "shards",

@@ -99,7 +99,7 @@ def read_catalogue(url: str) -> Catalogue:
 def _fingerprint(files: list[tuple[str, dict[str, Any]]]) -> str:
     digest = hashlib.sha256()
     for name, info in sorted(files, key=lambda item: item[0]):
-        digest.update(f"{name}\0{info['size']}\0{modified_time(info)}\n".encode("utf-8"))
+        digest.update(f"{name}\0{info['size']}\0{modified_time(info)}\n".encode())
     return digest.hexdigest()
 
 
