@@ -60,7 +60,7 @@ def hint_key(teacher: str, block: int) -> str:
 
 def make_plan(job: JobSpec, teachers: dict[str, TeacherMeta], source: str = "job") -> AmalgamationPlan:
     """Filter the pool down to the chosen tasks; errors name `source` and the offending field."""
-    owners = task_owners(teachers)
+    owners = task_owners(teachers, checked=job.tasks)
     offered = sorted(owners)
     for task in job.tasks:
         if task not in owners:

@@ -228,7 +228,7 @@ def select_teachers(catalogue: Catalogue, tasks: Sequence[str], task_teachers: d
                              f"{_describe(every[0], task)}, would add a teacher")
     ordered = list(dict.fromkeys(name for task in tasks for name in sources[task]))
     return PoolSelection(
-        catalogue=catalogue.prefix, teachers=tuple(ordered), sources=sources, reasons=reasons,
+        catalogue=catalogue.prefix, teachers=tuple(ordered), sources={t: sources[t] for t in tasks}, reasons={t: reasons[t] for t in tasks},
         owners={t: tuple(e.name for e in owners[t]) for t in tasks},
         pool_teachers=len(accepted), refused=len(catalogue.entries) - len(accepted),
     )

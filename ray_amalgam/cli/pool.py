@@ -73,7 +73,7 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _row(entry: CatalogueEntry, task: str | None) -> dict[str, Any]:
+def _row(entry: CatalogueEntry) -> dict[str, Any]:
     return {
         "name": entry.name, "status": entry.status, "arch": entry.arch, "width": entry.width,
         "stem": None if entry.small_input_stem is None else ("small" if entry.small_input_stem else "standard"),
@@ -97,7 +97,7 @@ def _show(args: argparse.Namespace) -> int:
         entries = sorted((e for e in entries if args.task in e.task_names), key=lambda e: owner_rank(e, args.task))
     if args.json:
         print_json({"catalogue": args.catalogue, "prefix": catalogue.prefix, "task": args.task,
-                    "teachers": [_row(e, args.task) for e in entries]})
+                    "teachers": [_row(e) for e in entries]})
         return 0
     rows = []
     for e in entries:

@@ -122,3 +122,16 @@ def test_unchanged_listing_is_not_read_again():
     candidates = [Candidate("a", "/pool/a", "f-a", False), Candidate("b", "/pool/b", "changed", False), Candidate("n", "/pool/n", "f-n", False)]
     kept, to_read = index_plan(candidates, old)
     assert [e.name for e in kept] == ["a"] and [c.name for c in to_read] == ["b", "n"]
+
+
+def test_a_task_no_job_asks_for_may_be_defined_differently():
+    from ray_amalgam.amalgamation import make_plan
+
+    other_size = TaskSpec(name="size", kind="multiclass", classes=("tiny", "huge", "medium"))
+    a = entry("a", ("shape", "size")).teacher_meta()
+    b = entry("b", ("color",), specs=[TASKS["color"], other_size]).teacher_meta()
+    job = JobSpec.model_validate({"teachers": [{"name": "a", "checkpoint": "x"}, {"name": "b", "checkpoint": "y"}],
+                                  "tasks": ["shape", "color"], "data": {"train": "t", "eval": "e"}, "output": "o"})
+    assert make_plan(job, {"a": a, "b": b}).sources == {"shape": ("a",), "color": ("b",)}
+    with pytest.raises(BadInputError, match="both define task 'size' differently"):
+        make_plan(job.model_copy(update={"tasks": ("shape", "size")}), {"a": a, "b": b})
