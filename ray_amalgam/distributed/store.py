@@ -4,8 +4,8 @@ uses the same teacher on the same data, whatever other teachers it has.
 
 Layout: `<root>/<split>-teacher-<key prefix>/` with `part-NNNNN.parquet` per data shard (`id`,
 `logits/<task>` for EVERY head of the teacher, `hint/<block>` columns) in the shard's row order,
-and `store.json`, the manifest, written last. Heads are all kept because they cost one linear
-layer each on features the pass computes anyway, and so one store serves any task subset.
+and `store.json`, the manifest, written last. Heads are all kept because each costs an average
+pool and a linear layer on features the pass computes anyway, and so one store serves any task subset.
 A job reads the data shards (`id`, `image`) joined by `id` with the stores of its teachers.
 A store is used only when its manifest exists, names the same key and lists files that are all
 there with their sizes; anything else is rebuilt, never silently used. Whole-set stores of
