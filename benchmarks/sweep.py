@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import report
 from benchmarks.throughput import make_job, prepare
 from ray_amalgam.amalgamation.runner import amalgamate_local
-from ray_amalgam.cli.console import print_json, print_table, stdout_reserved_for_json
+from ray_amalgam.cli.console import print_table
 from ray_amalgam.spec.sweep import SweepSpec
 from ray_amalgam.tune import run_sweep
 from ray_amalgam.tune.space import job_for_tasks
@@ -85,15 +86,14 @@ def main() -> None:
     parser.add_argument("--widths", default="0.25,0.5", help="comma-separated student widths (x 3 task subsets = trials)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.json:
-        with stdout_reserved_for_json(until_exit=True):
-            print_json(measure(args))
-        return
-    result = measure(args)
-    print_table(f"sweep of {result['trials']} trials, {args.rows} rows", ["way", "seconds", "teacher passes / sample", "x store time"], [
-        [name, way["seconds"], way["teacher_passes_per_sample"], way["seconds"] / result["ways"]["store"]["seconds"]]
-        for name, way in result["ways"].items()
-    ])
+
+    def show(result: dict[str, Any]) -> None:
+        print_table(f"sweep of {result['trials']} trials, {args.rows} rows", ["way", "seconds", "teacher passes / sample", "x store time"], [
+            [name, way["seconds"], way["teacher_passes_per_sample"], way["seconds"] / result["ways"]["store"]["seconds"]]
+            for name, way in result["ways"].items()
+        ])
+
+    report(args, measure, show)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ray_amalgam.spec import (
     BOTH,
+    EVERY_OWNER,
     BackboneSpec,
     BadInputError,
     JobSpec,
@@ -21,7 +23,7 @@ class AmalgamationPlan:
 
     tasks: tuple[TaskSpec, ...]
     sources: dict[str, tuple[str, ...]]
-    """task -> the teachers whose outputs it learns from (several only for `task_teachers: both`)."""
+    """task -> the teachers whose outputs it learns from (several only for `task_teachers: both/all`)."""
     teachers: dict[str, TeacherMeta]
     """Only the teachers that own a chosen task (pool-level filtering), in job order."""
     checkpoints: dict[str, str]
@@ -29,6 +31,10 @@ class AmalgamationPlan:
     input_size: int
     hint_channels: dict[str, dict[int, tuple[int, ...]]] = field(default_factory=dict)
     """teacher -> teacher block (1-based) -> kept channel indices, when the hint loss is on."""
+    costs: dict[str, float] = field(default_factory=dict)
+    """teacher -> FLOPs per image: what sizes its actor pool (slow teachers get more actors)."""
+    selection: dict[str, Any] | None = None
+    """For a job drawn from a pool: which teachers were chosen and why (`PoolSelection.as_dict`)."""
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -54,7 +60,7 @@ def hint_key(teacher: str, block: int) -> str:
 
 def make_plan(job: JobSpec, teachers: dict[str, TeacherMeta], source: str = "job") -> AmalgamationPlan:
     """Filter the pool down to the chosen tasks; errors name `source` and the offending field."""
-    owners = task_owners(teachers)
+    owners = task_owners(teachers, checked=job.tasks)
     offered = sorted(owners)
     for task in job.tasks:
         if task not in owners:
@@ -73,7 +79,7 @@ def make_plan(job: JobSpec, teachers: dict[str, TeacherMeta], source: str = "job
                     f"expected one of them or '{BOTH}'"
                 )
             sources[task] = tuple(candidates)
-        elif choice == BOTH:
+        elif choice in EVERY_OWNER:
             sources[task] = tuple(candidates)
         elif choice not in candidates:
             raise BadInputError(f"{source}: task_teachers.{task}: teacher '{choice}' does not own '{task}'; owners are {candidates}")

@@ -166,12 +166,30 @@ def save_and_evaluate(
                     **model_costs({"student": student}, plan.input_size)},
         "teachers": {"names": list(plan.teachers), **model_costs(teachers, plan.input_size)},
         "eval_samples": int(len(eval_data.ids)),
+        **({"teacher_selection": plan.selection} if plan.selection else {}),
     }
 
 
-def report_tables(report: dict[str, Any]) -> list[str]:
-    """Markdown lines of a report's per-task and cost tables (shared by the local and Ray runners)."""
+def selection_lines(selection: dict[str, Any] | None) -> list[str]:
+    """Markdown lines saying which pool teachers a job chose for each task, and why."""
+    if not selection:
+        return []
     lines = [
+        f"Teachers chosen from pool {selection['catalogue']} ({selection['pool_teachers']} accepted, "
+        f"{selection['refused']} refused): {', '.join(selection['teachers'])}",
+        "",
+        "| task | learns from | owners in pool | why |",
+        "|---|---|---|---|",
+    ]
+    for task, chosen in selection["sources"].items():
+        lines.append(f"| {task} | {', '.join(chosen)} | {len(selection['owners'][task])} | {selection['reasons'][task]} |")
+    return [*lines, ""]
+
+
+def report_tables(report: dict[str, Any]) -> list[str]:
+    """Markdown lines of a report's pool choice, per-task and cost tables (shared by the local and Ray runners)."""
+    lines = [
+        *selection_lines(report.get("teacher_selection")),
         "| task | fidelity | student acc | teacher acc | student mAP | teacher mAP | branch point |",
         "|---|---|---|---|---|---|---|",
     ]

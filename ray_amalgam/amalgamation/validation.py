@@ -8,11 +8,14 @@ Validation writes nothing: a refused job leaves its output untouched. A runner w
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from ray_amalgam.amalgamation.branch_out import manual_branch_points
 from ray_amalgam.amalgamation.engine import entangled_blocks
+from ray_amalgam.amalgamation.metrics import count_flops
 from ray_amalgam.amalgamation.plan import AmalgamationPlan, make_plan
+from ray_amalgam.amalgamation.pool import resolve_pool_job
 from ray_amalgam.io.checkpoints import load_teacher, read_teacher_meta
 from ray_amalgam.io.fs import absolute_url, atomic_write_text, join, resolve
 from ray_amalgam.io.shards import DATASET_META, check_shards, read_dataset_meta
@@ -38,6 +41,7 @@ def with_absolute_paths(job: JobSpec) -> JobSpec:
     the driver's working directory."""
     return job.model_copy(update={
         "teachers": tuple(ref.model_copy(update={"checkpoint": absolute_url(ref.checkpoint)}) for ref in job.teachers),
+        "pool": job.pool and absolute_url(job.pool),
         "data": job.data.model_copy(update={"train": absolute_url(job.data.train), "eval": absolute_url(job.data.eval)}),
         "output": absolute_url(job.output),
     })
@@ -64,18 +68,23 @@ def load_pool(job: JobSpec, source: str = "job") -> tuple[AmalgamationPlan, dict
 
     Data: each split's metadata, every shard's schema and labels, unique ids across shards, and
     a decode of each shard's first rows at the teachers' input size.
+    A job with `pool:` has its teachers chosen from the catalogue first; only those are read.
     """
+    job, selection = resolve_pool_job(job, source)
     metas = {
         ref.name: in_field(source, f"teachers[{index}].checkpoint", lambda ref=ref: read_teacher_meta(ref.checkpoint))
         for index, ref in enumerate(job.teachers)
     }
     plan = make_plan(job, metas, source)
+    if selection is not None:
+        plan = replace(plan, selection=selection.as_dict())
     teachers = {
         ref.name: in_field(source, f"teachers[{index}].checkpoint", lambda ref=ref: load_teacher_model(ref.checkpoint))
         for index, ref in enumerate(job.teachers)
         if ref.name in plan.teachers
     }
     _check_student(job, plan, teachers, source)
+    plan = replace(plan, costs={name: float(count_flops(model, plan.input_size)) for name, model in teachers.items()})
     for split in ("train", "eval"):
         url = getattr(job.data, split)
         meta = in_field(source, f"data.{split}", lambda url=url: read_dataset_meta(url))

@@ -34,7 +34,12 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
 
 def print_task_report(report: dict[str, Any]) -> None:
-    """The per-task table shared by `amalgamate`, `run` and `demo`."""
+    """The per-task table shared by `amalgamate`, `run` and `demo` (and, for a pool job, the teachers it chose)."""
+    selection = report.get("teacher_selection")
+    if selection:
+        print_table(f"teachers chosen from pool {selection['catalogue']} ({selection['pool_teachers']} accepted)",
+                    ["task", "learns from", "owners", "why"],
+                    [[t, ", ".join(c), len(selection["owners"][t]), selection["reasons"][t]] for t, c in selection["sources"].items()])
     rows = []
     for task, row in report["tasks"].items():
         rows.append([task, row.get("fidelity"), row.get("student_accuracy", "-"), row.get("teacher_accuracy", "-"),

@@ -1,4 +1,4 @@
-"""`ray-amalgam teachers train | inspect`."""
+"""`ray-amalgam teachers train | evaluate | inspect`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from ray_amalgam.amalgamation.supervised import load_labelled, train_teacher
 from ray_amalgam.cli.console import console, print_json, print_table, progress_bar
 from ray_amalgam.cli.data import positive
 from ray_amalgam.io.checkpoints import load_teacher, save_teacher
+from ray_amalgam.io.shards import read_dataset_meta
 from ray_amalgam.models import list_backbones, teacher_from_weights
 from ray_amalgam.spec import BackboneSpec, BadInputError, TaskSpec
 
@@ -29,6 +30,13 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="checkpoint directory URL")
     train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser("evaluate", help="measure a pool's teachers on labelled data into its catalogue's quality figures",
+                              parents=[common])
+    evaluate.add_argument("--catalogue", required=True, help="pool catalogue URL (`ray-amalgam pool index`)")
+    evaluate.add_argument("--data", required=True, help="labelled dataset URL")
+    evaluate.add_argument("--teachers", default=None, help="comma-separated teacher names (default: every accepted teacher)")
+    evaluate.set_defaults(handler=_evaluate)
 
     inspect = sub.add_parser("inspect", help="show architecture, tasks, blocks and parameters", parents=[common])
     inspect.add_argument("url")
@@ -99,4 +107,34 @@ def _inspect(args: argparse.Namespace) -> int:
                   f"{' small-input stem' if meta.backbone.small_input_stem else ''}, input {meta.input_size}px, {params:,} params")
     print_table("blocks", ["block", "channels", "output stride"], [[b["block"], b["channels"], b["stride"]] for b in info["blocks"]])
     print_table("tasks", ["task", "kind", "classes / labels"], [[t["name"], t["kind"], ", ".join(t["names"])] for t in info["tasks"]])
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ray_amalgam.amalgamation.pool import teacher_quality
+    from ray_amalgam.io.catalogue import read_catalogue, write_catalogue
+
+    catalogue = read_catalogue(args.catalogue)
+    names = [n.strip() for n in args.teachers.split(",") if n.strip()] if args.teachers else [e.name for e in catalogue.accepted]
+    by_name = {e.name: e for e in catalogue.entries}
+    for name in names:
+        if name not in by_name or not by_name[name].ok:
+            raise BadInputError(f"--teachers: '{name}' is not an accepted teacher of {args.catalogue}")
+    offered = {t.name for t in read_dataset_meta(args.data).tasks}
+    data = load_labelled(args.data, sorted({t for n in names for t in by_name[n].task_names if t in offered}))
+    measured = {}
+    with progress_bar(args.json) as progress:
+        bar = progress.add_task("evaluate teachers", total=len(names))
+        for name in names:
+            measured[name] = teacher_quality(by_name[name], data)
+            progress.advance(bar)
+    entries = tuple(e.model_copy(update={"quality": {**e.quality, **measured[e.name]}, "quality_data": args.data})
+                    if measured.get(e.name) else e for e in catalogue.entries)
+    write_catalogue(args.catalogue, catalogue.model_copy(update={"entries": entries}))
+    if args.json:
+        print_json({"catalogue": args.catalogue, "data": args.data, "rows": len(data.ids), "quality": measured})
+        return 0
+    print_table(f"teacher quality on {args.data} ({len(data.ids)} rows; accuracy, mAP for multilabel)", ["teacher", "quality"],
+                [[n, ", ".join(f"{t} {v:.3f}" for t, v in q.items()) or "no labelled task"] for n, q in measured.items()])
+    console.print(f"quality figures written to {args.catalogue}")
     return 0

@@ -64,3 +64,88 @@ def append_teacher_outputs(batch: dict[str, np.ndarray], actors: dict[str, list[
     for outputs in ray.get(calls):
         batch.update(outputs)
     return batch
+
+
+STORE_PART = "part-{index:05d}.parquet"
+"""A teacher store's file for data shard `index`: its rows in the shard's order."""
+
+
+def store_column(teacher: str, key: str) -> str:
+    """A teacher's output column as its own store names it, without the teacher's name (the same
+    teacher may have other names in other jobs): `logits/<teacher>/<task>` -> `logits/<task>`."""
+    return key.replace(f"/{teacher}/", "/", 1)
+
+
+def _arrow_column(values: np.ndarray) -> Any:
+    from ray.data.extensions import ArrowTensorArray
+
+    return ArrowTensorArray.from_numpy(values) if values.ndim > 1 else values
+
+
+@ray.remote
+def write_teacher_outputs(
+    shard_url: str, index: int, actors: dict[str, list[Any]], targets: dict[str, str], batch_size: int, where: str,
+) -> int:
+    """One teacher pass over one data shard: every teacher in `actors` sees each batch, and its
+    outputs go to its own store (`targets[teacher]`), one Parquet file per shard in the shard's
+    row order, so that stores of different teachers line up row by row. Returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ray_amalgam.io.fs import join, resolve
+    from ray_amalgam.io.shards import iter_shard_batches
+
+    writers: dict[str, Any] = {}
+    handles = []
+    rows = 0
+    try:
+        for batch in iter_shard_batches(shard_url, [ID, IMAGE], batch_size):
+            pixels = ray.put(decode_batch(batch.column(IMAGE).to_pylist(), where, first_row=rows))
+            names = list(actors)
+            for name, outputs in zip(names, ray.get([random.choice(actors[n]).outputs.remote(pixels) for n in names])):
+                table = pa.table({ID: batch.column(ID), **{store_column(name, k): _arrow_column(v) for k, v in outputs.items()}})
+                if name not in writers:
+                    fs, path = resolve(join(targets[name], STORE_PART.format(index=index)))
+                    handles.append(fs.open(path, "wb"))
+                    writers[name] = pq.ParquetWriter(handles[-1], table.schema)
+                writers[name].write_table(table)
+            rows += batch.num_rows
+    finally:
+        for writer in writers.values():
+            writer.close()
+        for handle in handles:
+            handle.close()
+    return rows
+
+
+def join_teacher_stores(
+    batch: dict[str, np.ndarray], shards: list[str], base_columns: list[str], stores: dict[str, str],
+    columns: dict[str, dict[str, str]], batch_size: int,
+) -> Any:
+    """For each shard index in `batch`: the shard's `base_columns` joined by `id` with the chosen
+    `columns` (store column -> job column) of every teacher store, `batch_size` rows at a time.
+    The stores were written in the shard's row order; a row whose ids disagree is an error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ray_amalgam.io.fs import join, resolve
+    from ray_amalgam.io.shards import iter_shard_batches
+
+    for index in batch["index"]:
+        index = int(index)
+        parts = {}
+        for name, url in stores.items():
+            fs, path = resolve(join(url, STORE_PART.format(index=index)))
+            if not fs.exists(path):  # an empty shard has no part
+                break
+            parts[name] = pq.ParquetFile(fs.open(path, "rb")).iter_batches(batch_size=batch_size, columns=[ID, *columns[name]])
+        else:
+            for base in iter_shard_batches(shards[index], base_columns, batch_size):
+                table = pa.Table.from_batches([base])
+                for name, part in parts.items():
+                    other = next(part)
+                    if not other.column(ID).equals(base.column(ID)):
+                        raise RuntimeError(f"{stores[name]}: rows of part {index} do not line up with {shards[index]}; delete that store to rebuild it")
+                    for stored, wanted in columns[name].items():
+                        table = table.append_column(wanted, other.column(stored))
+                yield table

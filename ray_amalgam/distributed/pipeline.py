@@ -18,7 +18,7 @@ from ray_amalgam.amalgamation import AmalgamationPlan, teacher_outputs
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION
 from ray_amalgam.distributed.data_tasks import append_teacher_outputs, decode_images, holdout_rows
 from ray_amalgam.distributed.progress import board_handle
-from ray_amalgam.distributed.resources import ResourcePlan
+from ray_amalgam.distributed.resources import ResourcePlan, check_placement, teacher_pool_sizes
 from ray_amalgam.io.checkpoints import load_teacher
 from ray_amalgam.io.fs import resolve
 from ray_amalgam.io.images import to_tensor
@@ -75,16 +75,33 @@ class TeacherActor:
         # Logits travel as float32, kept hint channels as float16 (set by teacher_outputs).
         return {key: value.cpu().numpy() for key, value in outputs.items()}
 
+    def peak_memory_bytes(self) -> int:
+        """This actor process's peak resident memory (what one teacher costs a node)."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 
 class TeacherPools:
-    """`size` long-lived actors per teacher, started together; `close()` ends them."""
+    """Long-lived actors per teacher, started together; `close()` ends them.
 
-    def __init__(self, plan: AmalgamationPlan, resources: ResourcePlan, size: int, board_name: str | None) -> None:
+    `sizes`: actors per teacher (an int: the same for all); None sizes the pools by each
+    teacher's per-image cost (`plan.costs`, FLOPs) and what the cluster has free. The placement
+    of all pools is checked against the cluster before any actor starts.
+    """
+
+    def __init__(self, plan: AmalgamationPlan, resources: ResourcePlan, sizes: dict[str, int] | int | None, board_name: str | None) -> None:
+        if sizes is None:
+            sizes = teacher_pool_sizes(resources, {name: plan.costs.get(name, 0.0) for name in plan.checkpoints})
+        elif isinstance(sizes, int):
+            sizes = dict.fromkeys(plan.checkpoints, sizes)
+        check_placement(resources, sizes, ray.cluster_resources())
+        self.sizes = sizes
         options: dict[str, Any] = {"num_cpus": resources.teacher_actor_cpus}
         if resources.teacher_actor_gpus > 0:
             options["num_gpus"] = resources.teacher_actor_gpus
         self.actors = {
-            name: [TeacherActor.options(**options).remote(name, checkpoint, plan, board_name) for _ in range(size)]
+            name: [TeacherActor.options(**options).remote(name, checkpoint, plan, board_name) for _ in range(sizes[name])]
             for name, checkpoint in plan.checkpoints.items()
         }
 

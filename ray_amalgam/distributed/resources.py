@@ -81,16 +81,59 @@ class ResourcePlan:
         return asdict(self)
 
 
-def teacher_pool_size(plan: ResourcePlan, num_teachers: int) -> int:
-    """Actors per teacher pool: the largest size whose actors can all be placed now, at least the
-    minimum. Every actor of a pool gets calls, so one that could never start would stall them."""
-    per_pool_min = plan.teacher_actors_min // max(num_teachers, 1)
-    per_pool_max = plan.teacher_actors_max // max(num_teachers, 1)
+def split_actors(budget: int, costs: dict[str, float], low: int, high: int) -> dict[str, int]:
+    """Actors per teacher: each at least `low` and at most `high`; the rest of `budget` goes one
+    actor at a time to the teacher with the most cost per actor (slow teachers get more actors).
+    `costs` are per-image costs (FLOPs); a missing or zero cost counts as the smallest one."""
+    floor = min((c for c in costs.values() if c > 0), default=1.0)
+    weight = {name: max(cost, floor) for name, cost in costs.items()}
+    sizes = {name: low for name in costs}
+    spare = max(0, budget - low * len(costs))
+    while spare > 0:
+        open_ = [n for n in sizes if sizes[n] < high]
+        if not open_:
+            break
+        busiest = max(open_, key=lambda n: (weight[n] / sizes[n] if sizes[n] else float("inf"), n))
+        sizes[busiest] += 1
+        spare -= 1
+    return sizes
+
+
+def teacher_pool_sizes(plan: ResourcePlan, costs: dict[str, float]) -> dict[str, int]:
+    """Actors per teacher pool, by cost: as many actors as can all be placed now (at least each
+    pool's minimum), shared out in proportion to each teacher's per-image cost. Every actor of a
+    pool gets calls, so one that could never start would stall them."""
+    count = max(len(costs), 1)
+    per_pool_min = plan.teacher_actors_min // count
+    per_pool_max = plan.teacher_actors_max // count
     free = ray.available_resources()  # train workers start later: keep their share
     fits = [(free.get("CPU", 0.0) - plan.train_workers * plan.worker_cpus - DATA_TASK_BUDGET) / plan.teacher_actor_cpus]
     if plan.teacher_actor_gpus > 0:
         fits.append((free.get("GPU", 0.0) - plan.train_workers * plan.worker_gpus) / plan.teacher_actor_gpus)
-    return max(per_pool_min, min(per_pool_max, int(min(fits)) // max(num_teachers, 1)))
+    budget = max(per_pool_min * count, min(per_pool_max * count, int(min(fits))))
+    return split_actors(budget, costs, per_pool_min, per_pool_max)
+
+
+def check_placement(plan: ResourcePlan, sizes: dict[str, int], totals: dict[str, float]) -> None:
+    """BadInputError with the numbers when the teacher actor pools, beside the train workers and the
+    data tasks, need more CPUs or GPUs than the cluster has: checked before any actor starts."""
+    actors = sum(sizes.values())
+    largest = sorted(sizes.items(), key=lambda item: -item[1])[:3]
+    shown = ", ".join(f"{n} x{k}" for n, k in largest) + (", ..." if len(sizes) > 3 else "")
+    cpus = actors * plan.teacher_actor_cpus + plan.train_workers * plan.worker_cpus + DATA_TASK_BUDGET
+    if cpus > totals.get("CPU", 0.0):
+        raise BadInputError(
+            f"resources.teacher_actors: {len(sizes)} teacher pools of {actors} actors ({shown}) x {plan.teacher_actor_cpus:g} CPU, "
+            f"{plan.train_workers} train workers x {plan.worker_cpus:g} CPU and {DATA_TASK_BUDGET:g} CPU for data tasks need "
+            f"{cpus:g} CPUs, but the Ray cluster has {totals.get('CPU', 0.0):g}; expected fewer teachers or actors, or a larger cluster"
+        )
+    gpus = actors * plan.teacher_actor_gpus + plan.train_workers * plan.worker_gpus
+    if gpus > totals.get("GPU", 0.0):
+        raise BadInputError(
+            f"resources.teacher_gpu_fraction: {actors} teacher actors ({shown}) x {plan.teacher_actor_gpus:g} GPU and "
+            f"{plan.train_workers} train workers x {plan.worker_gpus:g} GPU need {gpus:g} GPUs, but the Ray cluster has "
+            f"{totals.get('GPU', 0.0):g}; expected a smaller teacher_gpu_fraction or fewer teachers"
+        )
 
 
 def physical_cpus() -> int:

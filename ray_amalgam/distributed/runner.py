@@ -44,7 +44,7 @@ from ray_amalgam.distributed.progress import (
     ProgressCallback,
     ProgressPoller,
 )
-from ray_amalgam.distributed.resources import ResourcePlan, connect, teacher_pool_size
+from ray_amalgam.distributed.resources import ResourcePlan, connect
 from ray_amalgam.distributed.store import Store, ensure_store, read_store, store_hint_channels, target_columns
 from ray_amalgam.distributed.train_loop import PROGRESS, read_state, train_loop
 from ray_amalgam.io.fs import (
@@ -147,10 +147,11 @@ def build_datasets(
         emit({"kind": "store", "phase": "checking"})
         started = time.perf_counter()
         store = shared_store or ensure_store(job, plan, "train", job.data.train, join(job.output, STORE_DIR), resources, [], board)
-        info.update({"store": store.url, "store_rebuilt": store.rebuilt, "store_seconds": round(time.perf_counter() - started, 2)})
+        info.update({"store": store.url, "store_rebuilt": store.rebuilt, "store_computed": list(store.computed),
+                     "store_seconds": round(time.perf_counter() - started, 2)})
         emit({"kind": "store", "phase": "ready", **info})
         started = time.perf_counter()
-        rows = read_store(store, [ID, IMAGE, *target_columns(plan)], resources)
+        rows = read_store(store, [ID, IMAGE, *target_columns(plan)], resources, batch)
         rows = rows.materialize() if in_memory else rows
         train = split_and_decode(rows, store.url, False, resources, batch)
         train = train.materialize() if in_memory else train
@@ -289,7 +290,7 @@ def run_job(
     board = ProgressBoard.options(name=board_name).remote()
     pools = None
     if job.teacher_outputs == "stream":  # started first: the actors load while the ids are listed
-        pools = TeacherPools(plan, resources, teacher_pool_size(resources, len(plan.teachers)), board_name)
+        pools = TeacherPools(plan, resources, None, board_name)
     try:
         train_ids, held_rows = _train_ids(job.data.train)
         expected_count, expected_digest = id_digest(train_ids)

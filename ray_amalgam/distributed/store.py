@@ -1,47 +1,52 @@
-"""The teacher-output store: one teacher pass over a dataset, written as Parquet, reused by
-every later stage, epoch, rerun and sweep trial that has the same teachers, data and preprocessing.
+"""Teacher-output stores: one per (teacher checkpoint content, data, preprocessing), written by
+one teacher pass and reused by every later stage, epoch, rerun, sweep trial and other job that
+uses the same teacher on the same data, whatever other teachers it has.
 
-Layout: `<root>/<split>-<key prefix>/` with Parquet files (`id`, `image` bytes, one column per
-teacher head, hint columns) and `store.json`, the manifest, written last. A store is used only
-when its manifest exists, names the same key, lists files that are all there with their
-sizes, and holds every column the job needs; anything else is rebuilt, never silently used.
+Layout: `<root>/<split>-teacher-<key prefix>/` with `part-NNNNN.parquet` per data shard (`id`,
+`logits/<task>` for EVERY head of the teacher, `hint/<block>` columns) in the shard's row order,
+and `store.json`, the manifest, written last. Heads are all kept because each costs an average
+pool and a linear layer on features the pass computes anyway, and so one store serves any task subset.
+A job reads the data shards (`id`, `image`) joined by `id` with the stores of its teachers.
+A store is used only when its manifest exists, names the same key and lists files that are all
+there with their sizes; anything else is rebuilt, never silently used. Whole-set stores of
+earlier versions (`<split>-<key prefix>/`, one store for all teachers) are replaced, with a message.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pyarrow.parquet as pq
+import ray
 import ray.data
 
 from ray_amalgam.amalgamation import AmalgamationPlan, hint_key, logits_key
-from ray_amalgam.distributed.data_tasks import ENCODED
-from ray_amalgam.distributed.pipeline import (
-    TeacherPools,
-    arrow_filesystem,
-    decoded,
-    read_rows,
-    with_teachers,
-)
-from ray_amalgam.distributed.resources import ResourcePlan, teacher_pool_size
+from ray_amalgam.distributed.data_tasks import join_teacher_stores, store_column, write_teacher_outputs
+from ray_amalgam.distributed.pipeline import TeacherPools
+from ray_amalgam.distributed.resources import ResourcePlan
 from ray_amalgam.io.checkpoints import checkpoint_hash
 from ray_amalgam.io.fs import (
     atomic_write_text,
     committed_directory,
     exists,
+    file_sizes,
     files_not_as_listed,
     join,
+    modified_time,
     resolve,
 )
 from ray_amalgam.io.metafile import read_json
-from ray_amalgam.io.shards import ID, IMAGE, list_shards, read_dataset_meta_bytes
+from ray_amalgam.io.shards import ID, list_shards, read_dataset_meta_bytes
 from ray_amalgam.spec import JobSpec
 
-STORE_FORMAT_VERSION = 1
+_log = logging.getLogger(__name__)
+
+STORE_FORMAT_VERSION = 2
 MANIFEST = "store.json"
 PREPROCESSING = "decode=PIL-RGB;normalize=teacher-mean-std;augment=none"
 """Changes to how teachers see pixels must change this string (and so every store key)."""
@@ -49,11 +54,19 @@ PREPROCESSING = "decode=PIL-RGB;normalize=teacher-mean-std;augment=none"
 
 @dataclass(frozen=True)
 class Store:
+    """The teacher stores a job reads, joined with its data shards."""
+
     url: str
-    files: tuple[str, ...]
-    columns: tuple[str, ...]
+    """The root the teacher stores lie under."""
+    shards: tuple[str, ...]
+    teachers: dict[str, str]
+    """teacher name (in this job) -> its store's URL."""
     num_rows: int
     rebuilt: bool
+    """Whether this call ran a teacher pass (for some of the teachers)."""
+    computed: tuple[str, ...] = ()
+    """The teachers whose outputs this call computed; the others' stores were reused."""
+    hint_channels: dict[str, dict[int, tuple[int, ...]]] = field(default_factory=dict)
 
 
 def target_columns(plan: AmalgamationPlan) -> list[str]:
@@ -68,112 +81,173 @@ def _file_fingerprint(url: str) -> dict[str, Any]:
     fs, path = resolve(url)
     info = fs.info(path)
     # Size plus the store's notion of modification time: a rewritten shard changes the key.
-    modified = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("created")
-    return {"name": posixpath.basename(path), "size": info["size"], "modified": str(modified)}
+    return {"name": posixpath.basename(path), "size": info["size"], "modified": modified_time(info) or "None"}
 
 
-def store_key(plan: AmalgamationPlan, data_url: str) -> tuple[str, dict[str, Any]]:
-    """sha256 over teacher checkpoints (content), data (dataset.json content, shard names, sizes,
-    modification times) and preprocessing; also returns what went into it, for the manifest."""
-    inputs = {
-        "teachers": {name: checkpoint_hash(url) for name, url in sorted(plan.checkpoints.items())},
-        "data": {
-            "url": data_url,
-            "dataset_json_sha256": hashlib.sha256(read_dataset_meta_bytes(data_url)).hexdigest(),
-            "shards": [_file_fingerprint(shard) for shard in list_shards(data_url)],
-        },
-        "preprocessing": {
-            "pipeline": PREPROCESSING,
-            "input_size": plan.input_size,
-            "normalization": {name: [list(m.mean), list(m.std)] for name, m in sorted(plan.teachers.items())},
-        },
-        "hint_channels": {t: {str(b): list(c) for b, c in sorted(blocks.items())} for t, blocks in sorted(plan.hint_channels.items())},
+def data_inputs(data_url: str) -> dict[str, Any]:
+    """What identifies a dataset's content: dataset.json, shard names, sizes and modification times."""
+    return {
+        "url": data_url,
+        "dataset_json_sha256": hashlib.sha256(read_dataset_meta_bytes(data_url)).hexdigest(),
+        "shards": [_file_fingerprint(shard) for shard in list_shards(data_url)],
     }
-    blob = json.dumps(inputs, sort_keys=True).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest(), inputs
 
 
-def _usable(store_url: str, key: str, needed: list[str]) -> Store | None:
-    """The store at `store_url` if it is complete, current and has the `needed` columns."""
+def teacher_store_key(plan: AmalgamationPlan, teacher: str, teacher_hash: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """sha256 over one teacher's checkpoint content, the data, the preprocessing and its kept hint
+    channels; also returns what went into it, for the manifest."""
+    meta = plan.teachers[teacher]
+    inputs = {
+        "teacher": teacher_hash,
+        "data": data,
+        "preprocessing": {"pipeline": PREPROCESSING, "input_size": meta.input_size, "mean": list(meta.mean), "std": list(meta.std)},
+        "hint_channels": {str(b): list(c) for b, c in sorted(plan.hint_channels.get(teacher, {}).items())},
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest(), inputs
+
+
+def _usable(store_url: str, key: str) -> dict[str, Any] | None:
+    """The manifest of the store at `store_url` if it is complete and current."""
     manifest_url = join(store_url, MANIFEST)
     if not exists(manifest_url):
         return None
     manifest = read_json(manifest_url)
     if manifest.get("format_version") != STORE_FORMAT_VERSION or manifest.get("key") != key:
         return None
-    if not set(needed) <= set(manifest.get("columns", [])):
-        return None
     listed = {entry["name"]: entry["size"] for entry in manifest.get("files", [])}
     if files_not_as_listed(store_url, listed):
         return None
-    files = [join(store_url, name) for name in sorted(listed)]
-    return Store(store_url, tuple(files), tuple(manifest["columns"]), int(manifest["num_rows"]), rebuilt=False)
+    return manifest
+
+
+def _all_heads(plan: AmalgamationPlan, names: list[str]) -> AmalgamationPlan:
+    """The plan of a store pass: only `names`, each evaluating every one of its heads."""
+    tasks = {t.name: t for name in names for t in plan.teachers[name].tasks}
+    sources = {task: tuple(n for n in names if task in plan.teachers[n].task_names) for task in tasks}
+    return replace(
+        plan, tasks=tuple(tasks.values()), sources=sources,
+        teachers={n: plan.teachers[n] for n in names}, checkpoints={n: plan.checkpoints[n] for n in names},
+        hint_channels={n: c for n, c in plan.hint_channels.items() if n in names},
+    )
 
 
 def ensure_store(
     job: JobSpec, plan: AmalgamationPlan, split: str, data_url: str, root: str, resources: ResourcePlan,
     extra_columns: list[str], board_name: str | None,
 ) -> Store:
-    """A usable store of `data_url`'s teacher outputs under `root`, built by one teacher pass if needed.
+    """Usable stores of `data_url`'s teacher outputs under `root`, one per teacher of the plan:
+    the current ones are reused, and ONE teacher pass computes the outputs of the others only.
 
-    `extra_columns` (e.g. eval label columns) are carried into the store as they are.
+    `extra_columns` (e.g. eval label columns) are read from the data shards beside the outputs.
     """
-    key, inputs = store_key(plan, data_url)
-    store_url = join(root, f"{split}-{key[:16]}")
-    needed = [ID, IMAGE, *extra_columns, *target_columns(plan)]
-    found = _usable(store_url, key, needed)
-    if found is not None:
-        return found
-    _remove_stale(root, split, keep=store_url)
-    batch = job.resources.teacher_batch_size
-    # The actors load their checkpoints while the shards are listed and the pass is planned.
-    with TeacherPools(plan, resources, teacher_pool_size(resources, len(plan.teachers)), board_name) as pools, \
-            committed_directory(store_url, MANIFEST) as target:
-        ds = read_rows(list_shards(data_url), [ID, IMAGE, *extra_columns], resources)
-        ds = decoded(ds, data_url, resources, batch, keep_encoded=True, augment=False)
-        ds = with_teachers(ds, pools, resources, batch)
-        ds = ds.drop_columns([IMAGE]).rename_columns({ENCODED: IMAGE}).select_columns(needed)
-        fs, target_path = resolve(target)
-        ds.write_parquet(target_path, filesystem=arrow_filesystem(fs))
-        entries = []
-        rows = 0
-        for path in sorted(fs.glob(posixpath.join(target_path, "*.parquet"))):
-            with fs.open(path, "rb") as handle:
-                rows += pq.ParquetFile(handle).metadata.num_rows
-            entries.append({"name": posixpath.basename(path), "size": fs.info(path)["size"]})
-        manifest = {
-            "format_version": STORE_FORMAT_VERSION,
-            "key": key,
-            "inputs": inputs,
-            "columns": needed,
-            "num_rows": rows,
-            "files": entries,
-        }
-        # The manifest goes last: a store without it is half-written and gets rebuilt.
-        atomic_write_text(join(target, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
-    found = _usable(store_url, key, needed)
-    assert found is not None, f"{store_url}: store just written does not verify"
-    return Store(found.url, found.files, found.columns, found.num_rows, rebuilt=True)
+    del extra_columns  # read from the shards by read_store: nothing of the data is copied
+    _replace_whole_set_stores(root, split)
+    data = data_inputs(data_url)
+    shards = list_shards(data_url)
+    urls: dict[str, str] = {}
+    keys: dict[str, tuple[str, dict[str, Any]]] = {}
+    manifests: dict[str, dict[str, Any]] = {}
+    for name, checkpoint in plan.checkpoints.items():
+        key, inputs = teacher_store_key(plan, name, checkpoint_hash(checkpoint), data)
+        urls[name], keys[name] = join(root, f"{split}-teacher-{key[:16]}"), (key, inputs)
+        found = _usable(urls[name], key)
+        if found is not None:
+            manifests[name] = found
+    missing = [name for name in plan.checkpoints if name not in manifests]
+    if missing:
+        for name in missing:
+            _remove_replaced(root, split, plan.checkpoints[name], keep=urls[name])
+        manifests.update(_teacher_pass(job, _all_heads(plan, missing), shards, data_url, {n: urls[n] for n in missing},
+                                       {n: keys[n] for n in missing}, resources, board_name))
+    rows = {int(m["num_rows"]) for m in manifests.values()}
+    assert len(rows) == 1, f"teacher stores of {data_url} hold different row counts {sorted(rows)}"
+    channels = {name: {int(b): tuple(c) for b, c in m["inputs"]["hint_channels"].items()} for name, m in manifests.items()}
+    return Store(root, tuple(shards), urls, rows.pop(), rebuilt=bool(missing), computed=tuple(missing),
+                 hint_channels={n: c for n, c in channels.items() if c})
 
 
-def _remove_stale(root: str, split: str, keep: str) -> None:
-    """Delete other stores of the same split (other keys, half-written leftovers): they can never be used."""
+def _teacher_pass(
+    job: JobSpec, plan: AmalgamationPlan, shards: list[str], data_url: str, urls: dict[str, str],
+    keys: dict[str, tuple[str, dict[str, Any]]], resources: ResourcePlan, board_name: str | None,
+) -> dict[str, dict[str, Any]]:
+    """Run the plan's teachers over every shard (a task per shard), each writing its own store."""
+    with TeacherPools(plan, resources, None, board_name) as pools, ExitStack() as stack:
+        targets = {name: stack.enter_context(committed_directory(url, MANIFEST)) for name, url in urls.items()}
+        rows = ray.get([
+            write_teacher_outputs.options(num_cpus=resources.data_task_cpus).remote(
+                shard, index, pools.actors, targets, job.resources.teacher_batch_size, data_url)
+            for index, shard in enumerate(shards)
+        ])
+        manifests = {}
+        for name, target in targets.items():
+            key, inputs = keys[name]
+            sizes = file_sizes(target)
+            manifests[name] = {
+                "format_version": STORE_FORMAT_VERSION,
+                "key": key,
+                "inputs": {**inputs, "checkpoint": plan.checkpoints[name]},
+                "tasks": list(plan.teachers[name].task_names),
+                "num_rows": sum(rows),
+                "shard_rows": rows,
+                "files": [{"name": n, "size": s} for n, s in sorted(sizes.items())],
+            }
+            # The manifest goes last: a store without it is half-written and gets rebuilt.
+            atomic_write_text(join(target, MANIFEST), json.dumps(manifests[name], indent=2, sort_keys=True))
+    return manifests
+
+
+def _store_dirs(root: str, split: str) -> list[str]:
     fs, root_path = resolve(root)
     if not fs.exists(root_path):
-        return
+        return []
+    return [p.rstrip("/") for p in fs.ls(root_path, detail=False) if posixpath.basename(p.rstrip("/")).startswith(f"{split}-")]
+
+
+def _remove_replaced(root: str, split: str, checkpoint: str, keep: str) -> None:
+    """Delete stores of the same split made from an earlier content of `checkpoint` (a teacher
+    rewritten in place) and half-written ones: they can never be used again."""
+    fs, _ = resolve(root)
     _, keep_path = resolve(keep)
-    for path in fs.ls(root_path, detail=False):
-        name = posixpath.basename(path.rstrip("/"))
-        if name.startswith(f"{split}-") and path.rstrip("/") != keep_path.rstrip("/"):
+    for path in _store_dirs(root, split):
+        if path == keep_path.rstrip("/") or "-teacher-" not in posixpath.basename(path):
+            continue
+        manifest = posixpath.join(path, MANIFEST)
+        if not fs.exists(manifest) or json.loads(fs.cat_file(manifest)).get("inputs", {}).get("checkpoint") == checkpoint:
+            fs.rm(path, recursive=True)
+
+
+def _replace_whole_set_stores(root: str, split: str) -> None:
+    """Stores of earlier versions held every teacher of one job together: their outputs cannot be
+    shared by teacher, so they are removed and the teachers' own stores are built instead."""
+    fs, _ = resolve(root)
+    for path in _store_dirs(root, split):
+        if "-teacher-" not in posixpath.basename(path):
+            _log.warning("%s: a whole-set teacher store of an earlier version; replaced by one store per teacher (one teacher pass)", path)
             fs.rm(path, recursive=True)
 
 
 def store_hint_channels(store: Store) -> dict[str, dict[int, tuple[int, ...]]]:
-    """teacher -> block -> the channel indices the store's hint columns hold."""
-    channels = read_json(join(store.url, MANIFEST))["inputs"]["hint_channels"]
-    return {t: {int(b): tuple(c) for b, c in blocks.items()} for t, blocks in channels.items()}
+    """teacher -> block -> the channel indices the stores' hint columns hold."""
+    return store.hint_channels
 
 
-def read_store(store: Store, columns: list[str], resources: ResourcePlan) -> ray.data.Dataset:
-    """Only `columns` of the store's files, as a lazily read Ray Dataset."""
-    return read_rows(list(store.files), columns, resources)
+def read_store(store: Store, columns: list[str], resources: ResourcePlan, batch_size: int = 256) -> ray.data.Dataset:
+    """`columns` (`id`, `image`, data columns and the job's teacher-output columns), a lazily
+    read Ray Dataset: each shard's rows joined by id with the same rows of every teacher store."""
+    wanted: dict[str, dict[str, str]] = {name: {} for name in store.teachers}
+    base = []
+    for column in columns:
+        owner = next((n for n in store.teachers if column.startswith((f"logits/{n}/", f"hint/{n}/"))), None)
+        if owner is None:
+            base.append(column)
+        else:
+            wanted[owner][store_column(owner, column)] = column
+    if ID not in base:
+        base.insert(0, ID)
+    stores = {name: url for name, url in store.teachers.items() if wanted[name]}
+    indices = ray.data.from_items([{"index": i} for i in range(len(store.shards))], override_num_blocks=len(store.shards))
+    return indices.map_batches(
+        join_teacher_stores, batch_size=1, batch_format="numpy", num_cpus=resources.data_task_cpus,
+        fn_kwargs={"shards": list(store.shards), "base_columns": base, "stores": stores,
+                   "columns": {n: wanted[n] for n in stores}, "batch_size": batch_size},
+    ).select_columns(columns)

@@ -149,6 +149,13 @@ def files_not_as_listed(url: str, sizes: dict[str, int]) -> list[str]:
     return [name for name, size in sorted(sizes.items()) if present.get(name) != size]
 
 
+def modified_time(info: dict) -> str:
+    """A listing entry's modification time as each store reports it (local mtime, S3
+    LastModified, GCS updated), as text; "" where the store gives none."""
+    value = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("created")
+    return "" if value is None else str(value)
+
+
 def file_sizes(url: str) -> dict[str, int]:
     """Name (relative to directory `url`) -> size of every file below it."""
     fs, root = resolve(url)

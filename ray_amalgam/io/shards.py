@@ -307,6 +307,12 @@ def read_shard(shard_url: str, columns: list[str] | None = None) -> pa.Table:
         return shard.read(columns=columns)
 
 
+def iter_shard_batches(shard_url: str, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """One shard's rows in order, `batch_size` at a time (the last may be shorter), streaming."""
+    with _open_shard(shard_url, columns) as shard:
+        yield from shard.iter_batches(batch_size=batch_size, columns=columns)
+
+
 def iter_batches(url: str, columns: list[str] | None = None, batch_size: int = 256) -> Iterator[pa.Table]:
     """Tables of `batch_size` rows (the last may be shorter) over all shards in order, streaming."""
     pending: list[pa.RecordBatch] = []

@@ -3,7 +3,9 @@
 from ray_amalgam.spec.dataset import DATASET_FORMAT_VERSION, DatasetMeta
 from ray_amalgam.spec.errors import BadInputError
 from ray_amalgam.spec.job import (
+    ALL,
     BOTH,
+    EVERY_OWNER,
     ActorRange,
     DataSpec,
     HintSpec,
@@ -19,6 +21,7 @@ from ray_amalgam.spec.loading import (
     parse_spec,
     validation_message,
 )
+from ray_amalgam.spec.pool import CATALOGUE_FORMAT_VERSION, OK, REFUSED, Catalogue, CatalogueEntry
 from ray_amalgam.spec.student import STUDENT_FORMAT_VERSION, BranchSpec, StudentMeta
 from ray_amalgam.spec.tasks import TaskKind, TaskSpec
 from ray_amalgam.spec.teacher import (
@@ -31,6 +34,13 @@ from ray_amalgam.spec.teacher import (
 )
 
 __all__ = [
+    "ALL",
+    "CATALOGUE_FORMAT_VERSION",
+    "Catalogue",
+    "CatalogueEntry",
+    "EVERY_OWNER",
+    "OK",
+    "REFUSED",
     "DATASET_FORMAT_VERSION",
     "DatasetMeta",
     "BOTH",

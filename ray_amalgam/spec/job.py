@@ -10,6 +10,9 @@ BOTH = "both"
 """`task_teachers` value: learn a shared task from every owner, per sample from the least ambiguous."""
 SAMPLES_PER_STAGE = 15_000
 FINETUNE_STAGES = 2.0
+ALL = "all"
+"""The same as `both`, for tasks with more than two owners (pools)."""
+EVERY_OWNER = (BOTH, ALL)
 
 
 class _Strict(BaseModel):
@@ -91,10 +94,13 @@ class ResourcesSpec(_Strict):
 
 
 class JobSpec(_Strict):
-    teachers: tuple[TeacherRef, ...] = Field(min_length=1)
+    teachers: tuple[TeacherRef, ...] = ()
+    pool: str | None = None
+    """A pool catalogue (`ray-amalgam pool index`) to select the teachers from, instead of `teachers`."""
     tasks: tuple[str, ...] = Field(min_length=1)
     task_teachers: dict[str, str] = {}
-    """For a task owned by several teachers: the teacher to learn it from, or `both`."""
+    """For a task owned by several teachers: the teacher to learn it from, or `both`/`all` (every
+    owner). With a `pool`, a task not named here is learnt from its best owner."""
     data: DataSpec
     student: StudentSpec = StudentSpec()
     hint: HintSpec = HintSpec()
@@ -113,10 +119,13 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _references(self) -> JobSpec:
         names = [t.name for t in self.teachers]
+        if (self.pool is None) == (not names):
+            raise ValueError("expected either 'teachers' (a list) or 'pool' (a catalogue URL), not both or neither")
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names repeat: {names}")
         for task, teacher in self.task_teachers.items():
-            if teacher != BOTH and teacher not in names:
+            # Pool jobs name teachers of the catalogue: checked when the pool is read.
+            if teacher not in EVERY_OWNER and self.pool is None and teacher not in names:
                 raise ValueError(f"task_teachers.{task}: '{teacher}' is not a teacher of this job; expected one of {names} or '{BOTH}'")
         if isinstance(self.student.branch_out, dict):
             for task in self.student.branch_out:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ray_amalgam.spec.errors import BadInputError
@@ -34,17 +36,19 @@ class TeacherMeta(TaskSet):
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-def task_owners(teachers: dict[str, TeacherMeta]) -> dict[str, list[str]]:
+def task_owners(teachers: dict[str, TeacherMeta], checked: Collection[str] | None = None) -> dict[str, list[str]]:
     """Map each task in a pool to the teachers that own it, in pool order.
 
-    Two teachers may own the same task only with the same kind and class/label names.
+    Two teachers may own the same task only with the same kind and class/label names (checked
+    for the tasks in `checked` only, when given: teachers drawn from a large pool may well define
+    a task no job asks for differently).
     """
     owners: dict[str, list[str]] = {}
     definitions: dict[str, TaskSpec] = {}
     for teacher_name, meta in teachers.items():
         for task in meta.tasks:
             seen = definitions.setdefault(task.name, task)
-            if seen != task:
+            if seen != task and (checked is None or task.name in checked):
                 first = owners[task.name][0]
                 raise BadInputError(
                     f"teachers '{first}' and '{teacher_name}' both define task '{task.name}' "

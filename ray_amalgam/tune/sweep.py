@@ -15,7 +15,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from ray_amalgam.amalgamation import AmalgamationPlan
+from ray_amalgam.amalgamation import AmalgamationPlan, resolve_pool_job
 from ray_amalgam.amalgamation.validation import validate_job, with_absolute_paths
 from ray_amalgam.distributed.pipeline import arrow_filesystem
 from ray_amalgam.distributed.resources import ResourcePlan, connect, plan_resources
@@ -158,6 +158,18 @@ def _remove_stage_checkpoints(rows: list[dict[str, Any]], output: str) -> None:
                 fs.rm(path, recursive=True)
 
 
+def _with_pool_teachers(spec: SweepSpec, source: str) -> SweepSpec:
+    """A base job drawn from a pool names, instead, the teachers chosen for the union of the swept
+    tasks (and which owner each task learns from): every trial then reads its tasks from the same
+    teachers' stores, and each teacher runs once for the whole sweep."""
+    if spec.base.pool is None:
+        return spec
+    union = job_for_tasks(spec.base, union_tasks(spec), spec.base.output)
+    resolved, _ = _in_base(source, lambda: resolve_pool_job(union, source))
+    update = {"teachers": resolved.teachers, "pool": None, "task_teachers": resolved.task_teachers}
+    return spec.model_copy(update={"base": spec.base.model_copy(update=update)})
+
+
 def run_sweep(spec: SweepSpec, source: str = "sweep", address: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Run a sweep on Ray; returns its summary (also `<output>/summary.json`).
 
@@ -167,6 +179,7 @@ def run_sweep(spec: SweepSpec, source: str = "sweep", address: str | None = None
     """
     started = time.perf_counter()
     spec = spec.model_copy(update={"base": with_absolute_paths(spec.base)})
+    spec = _with_pool_teachers(spec, source)
     base, output = spec.base, spec.base.output
     check_against_pool(spec, source)
     union = job_for_tasks(base, union_tasks(spec), output)

@@ -1,7 +1,9 @@
-"""The teacher-output store: reused when current, rebuilt when stale or half-written."""
+"""Teacher-output stores, one per teacher: reused when current, rebuilt when stale or half-written,
+and a teacher added to a job computes only its own outputs."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -19,32 +21,58 @@ from ray_amalgam.io.checkpoints import read_teacher_meta
 from .conftest import TEACHER_TASKS, make_teacher
 
 
-@pytest.mark.timeout(240)
-def test_store_reused_then_rebuilt_when_a_teacher_changes_or_half_written(ray_cluster, new_job, pool, tmp_path):
+def _plan(job):
+    return make_plan(job, {t.name: read_teacher_meta(t.checkpoint) for t in job.teachers})
+
+
+@pytest.mark.timeout(300)
+def test_store_per_teacher_added_teacher_changed_teacher_half_written(ray_cluster, new_job, pool, tmp_path):
     teacher_b = tmp_path / "teacher_B"
     make_teacher(str(teacher_b), TEACHER_TASKS["B"], seed=1)
     job = new_job(teachers=[{"name": "A", "checkpoint": str(pool / "teacher_A")}, {"name": "B", "checkpoint": str(teacher_b)}])
-    plan = make_plan(job, {t.name: read_teacher_meta(t.checkpoint) for t in job.teachers})
+    plan = _plan(job)
     resources = plan_resources(job, 2, local=True)
     root = str(tmp_path / "store")
 
-    def build():
+    def build(job=job, plan=plan):
         return ensure_store(job, plan, "train", job.data.train, root, resources, [], None)
 
+    # A finished job with teacher A; then B is added to it: only B runs.
+    only_a = new_job(teachers=[{"name": "A", "checkpoint": str(pool / "teacher_A")}], tasks=["shape"])
+    assert build(only_a, _plan(only_a)).computed == ("A",)
     first = build()
-    assert first.rebuilt and first.num_rows == 160
-    assert build() == first.__class__(**{**first.__dict__, "rebuilt": False})
+    assert first.rebuilt and first.computed == ("B",) and first.num_rows == 160
+    again = build()
+    assert not again.rebuilt and again.computed == () and again.teachers == first.teachers
 
-    # Only the needed columns are read back, with one logits column per chosen head.
-    batch = read_store(first, ["id", *target_columns(plan)], resources).take_batch(8, batch_format="numpy")
-    assert sorted(batch) == ["id", "logits/A/shape", "logits/B/position"]
-    assert batch["logits/A/shape"].shape == (8, 4)
+    # Only the needed columns are read back, joined by id, with one logits column per chosen head.
+    rows = read_store(first, ["id", *target_columns(plan)], resources, 16).take_all()
+    assert len(rows) == 160 and len({r["id"] for r in rows}) == 160
+    assert sorted(rows[0]) == ["id", "logits/A/shape", "logits/B/position"]
+    assert rows[0]["logits/A/shape"].shape == (4,)
 
     make_teacher(str(teacher_b), TEACHER_TASKS["B"], seed=7)  # new weights, same path
     second = build()
-    assert second.rebuilt and second.url != first.url
-    assert not os.path.exists(first.url), "the stale store is removed, never used again"
+    assert second.computed == ("B",), "A's store is reused; only B runs again"
+    assert second.teachers["A"] == first.teachers["A"] and second.teachers["B"] != first.teachers["B"]
+    assert not os.path.exists(first.teachers["B"]), "the stale store of B is removed, never used again"
 
-    os.remove(os.path.join(second.url, MANIFEST))  # as if the writer died before the manifest
+    os.remove(os.path.join(second.teachers["B"], MANIFEST))  # as if the writer died before the manifest
     third = build()
-    assert third.rebuilt and third.url == second.url
+    assert third.computed == ("B",) and third.teachers["B"] == second.teachers["B"]
+
+    # A store holds every head of its teacher: a job on other tasks of the same teachers runs none.
+    other = new_job(teachers=job.model_dump()["teachers"], tasks=["color", "background"])
+    assert build(other, _plan(other)).computed == ()
+
+
+@pytest.mark.timeout(240)
+def test_old_whole_set_store_is_replaced_with_a_message(ray_cluster, new_job, tmp_path, caplog):
+    job = new_job()
+    root = tmp_path / "store"
+    old = root / "train-0123456789abcdef"
+    old.mkdir(parents=True)
+    (old / MANIFEST).write_text(json.dumps({"format_version": 1, "key": "0123456789abcdef"}))
+    store = ensure_store(job, _plan(job), "train", job.data.train, str(root), plan_resources(job, 2, local=True), [], None)
+    assert store.computed == ("A", "B") and not old.exists()
+    assert "whole-set teacher store of an earlier version" in caplog.text

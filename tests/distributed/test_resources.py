@@ -7,10 +7,12 @@ import pytest
 from ray_amalgam.distributed.resources import (
     GPU_WORKER_CPUS,
     check_cluster,
+    check_placement,
     check_local_machine,
     check_reachable,
     physical_cpus,
     plan_resources,
+    split_actors,
 )
 from ray_amalgam.spec import BadInputError, JobSpec
 
@@ -66,3 +68,26 @@ def test_unreachable_address_is_refused_quickly():
     with pytest.raises(BadInputError, match=r"--address nonsense: expected HOST:PORT"):
         check_reachable("nonsense")
     check_reachable("auto")  # joins the cluster this command runs on: nothing to probe here
+
+
+def test_actor_pools_sized_by_teacher_cost():
+    # 12 teachers, each at least 1 actor, at most 4: the 8 spare actors go to the costly ones.
+    costs = {f"t{i:02d}": 1e6 for i in range(10)} | {"slow": 8e6, "slower": 16e6}
+    sizes = split_actors(20, costs, low=1, high=4)
+    assert sum(sizes.values()) == 20
+    assert sizes["slower"] == 4 and sizes["slow"] == 4, "the slowest teachers fill up first"
+    assert all(sizes[f"t{i:02d}"] in (1, 2) for i in range(10))
+    assert split_actors(3, {"a": 1.0, "b": 0.0}, low=2, high=3) == {"a": 2, "b": 2}, "never below the minimum"
+
+
+def test_pools_that_cannot_be_placed_are_refused_with_the_numbers():
+    plan = plan_resources(_job(teacher_actors={"min": 1, "max": 2}), num_teachers=12, local=False)
+    sizes = {f"t{i:02d}": 1 for i in range(12)} | {"t00": 2}
+    with pytest.raises(BadInputError, match=(
+            r"resources.teacher_actors: 12 teacher pools of 13 actors \(t00 x2, t01 x1, t02 x1, \.\.\.\) x 0.5 CPU, "
+            r"1 train workers x 1 CPU and 1 CPU for data tasks need 8.5 CPUs, but the Ray cluster has 8")):
+        check_placement(plan, sizes, {"CPU": 8.0})
+    check_placement(plan, sizes, {"CPU": 9.0})
+    gpu_plan = plan_resources(_job(teacher_gpu_fraction=0.1, gpus_per_worker=0.5), num_teachers=12, local=False)
+    with pytest.raises(BadInputError, match=r"teacher_gpu_fraction: 13 teacher actors .* need 1.8 GPUs, but the Ray cluster has 1"):
+        check_placement(gpu_plan, sizes, {"CPU": 64.0, "GPU": 1.0})

@@ -70,7 +70,8 @@ def test_store_run_with_every_url_on_s3(ray_cluster, s3_pool, s3_server, tmp_pat
     assert saved["stages"] == report["stages"]
     for name in ("job.json", "report.md", "metrics.json", "metrics_epochs.parquet", "student/student.json", "student/model.safetensors"):
         assert f"{output[5:]}/{name}" in _keys(output), name
-    assert [k.split("/")[-2].split("-")[0] for k in _keys(output) if k.endswith("/store.json")] == ["train"]
+    # One teacher store per teacher, both of the training split.
+    assert [k.split("/")[-2].split("-")[:2] for k in _keys(output) if k.endswith("/store.json")] == [["train", "teacher"]] * 2
     epochs = json.loads(read_bytes(f"{output}/metrics.json"))["epochs"]
     assert all(e["ids_exact"] for e in epochs)
 

@@ -73,3 +73,28 @@ def test_score_ignores_nan_and_penalizes_size():
 
 def test_base_is_a_job():
     assert isinstance(_sweep().base, JobSpec)
+
+
+def test_a_sweep_from_a_pool_learns_every_subset_from_the_union_choice(tmp_path):
+    """Each teacher runs once for the whole sweep: trials learn from the teachers chosen for the
+    union of the swept tasks, not each from its own (possibly other) choice."""
+    from ray_amalgam.io.catalogue import write_catalogue
+    from ray_amalgam.spec import Catalogue, CatalogueEntry, TaskSpec
+    from ray_amalgam.tune.sweep import _with_pool_teachers
+
+    shape = TaskSpec(name="shape", kind="multiclass", classes=("a", "b"))
+    color = TaskSpec(name="color", kind="multiclass", classes=("r", "g"))
+
+    def entry(name, tasks, params):
+        return CatalogueEntry(name=name, url=f"/pool/{name}", status="ok", fingerprint=name, hash=name, arch="resnet18",
+                              width=0.25, small_input_stem=False, input_size=16, tasks=tasks, params=params, flops=params)
+
+    catalogue = str(tmp_path / "c.parquet")
+    # Alone, shape would learn from the small 'shape_only'; with color in the union, 'both' covers the two.
+    write_catalogue(catalogue, Catalogue(prefix="/pool", entries=(entry("shape_only", (shape,), 10), entry("both", (shape, color), 99))))
+    base = {**{k: v for k, v in BASE.items() if k not in ("teachers", "task_teachers")}, "pool": catalogue, "tasks": ["shape"]}
+    spec = SweepSpec.model_validate({"base": base, "axes": {"tasks": [["shape"], ["color"], ["shape", "color"]]}})
+    resolved = _with_pool_teachers(spec, "sweep.yaml").base
+    assert resolved.pool is None and [t.name for t in resolved.teachers] == ["both"]
+    for subset in ("shape", "color", "shape+color"):
+        assert trial_job(resolved, {"tasks": subset}, "/out/t").teachers == resolved.teachers
