@@ -44,7 +44,7 @@ def pool_job(root: Path, catalogue: str, output: Path) -> JobSpec:
         "tasks": TASKS,
         "data": {"train": str(root / "train"), "eval": str(root / "eval")},
         "student": {"width": 0.25, "branch_out": {t: 4 for t in TASKS}},
-        "schedule": {"batch_size": 32},
+        "schedule": {"stage_epochs": 1, "finetune_epochs": 1, "batch_size": 32},
         "resources": {"teacher_batch_size": 64},
         "output": str(output),
     })
