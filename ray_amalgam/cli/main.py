@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 from rich.markup import escape
 
 from ray_amalgam import __version__
-from ray_amalgam.cli import cluster, data, export, jobs, sweep, teachers
+from ray_amalgam.cli import cluster, data, export, jobs, submit, sweep, teachers
 from ray_amalgam.cli.console import console, print_json, stdout_closed_to_ray, stdout_reserved_for_json
 from ray_amalgam.spec import BadInputError
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_commands(commands, common)
     cluster.add_commands(commands, common)
     sweep.add_commands(commands, common)
+    submit.add_commands(commands, common)
     return parser
 
 

@@ -38,9 +38,11 @@ class ProgressBoard:
         self._worker_handles: dict[int, Any] = {}
         self._teacher_order: list[str] = []
         self._teacher_restarts = 0
+        self._nodes: dict[tuple[str, str, str], str | None] = {}
 
-    def teacher_started(self, actor_id: str, teacher: str, handle: Any) -> None:
+    def teacher_started(self, actor_id: str, teacher: str, handle: Any, node_id: str | None = None) -> None:
         """Called by each teacher actor's constructor, again after Ray restarts it."""
+        self._nodes[("teacher", teacher, actor_id)] = node_id
         if actor_id in self._teacher_handles:
             self._teacher_restarts += 1
         else:
@@ -52,8 +54,18 @@ class ProgressBoard:
         _, _, batches = self._teacher_beats.get(actor_id, (teacher, 0.0, 0))
         self._teacher_beats[actor_id] = (teacher, time.time(), batches + 1)
 
-    def worker_started(self, rank: int, handle: Any) -> None:
+    def worker_started(self, rank: int, handle: Any, node_id: str | None = None) -> None:
         self._worker_handles[rank] = handle
+        self._nodes[("worker", str(rank), "")] = node_id
+
+    def placement(self) -> dict[str, Any]:
+        """Which node (id) each train worker rank and each teacher's actors last started on."""
+        workers = {int(rank): node for (kind, rank, _), node in self._nodes.items() if kind == "worker"}
+        teachers: dict[str, list[str | None]] = {}
+        for (kind, teacher, _), node in self._nodes.items():
+            if kind == "teacher":
+                teachers.setdefault(teacher, []).append(node)
+        return {"train_workers": [workers[r] for r in sorted(workers)], "teacher_actors": teachers}
 
     def update(self, event: dict[str, Any]) -> None:
         self._event = event
