@@ -47,7 +47,7 @@ def _write(path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)  # five CLI processes; each imports torch and Ray (10-20 s on a busy 2-core machine)
 def test_errors_are_one_line_and_submit_nothing(multinode, token_file, pool, tmp_path):
     url = multinode.dashboard_url
     (dead_port,) = free_ports(1)
