@@ -14,7 +14,7 @@ from ray_amalgam.distributed import LiveView, run_demo, run_job
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     run = commands.add_parser("run", help="run an amalgamation job on Ray", parents=[common])
     run.add_argument("job", help="job YAML file")
-    run.add_argument("--address", default=None, help="Ray cluster to join (default: start a local Ray sized for the job)")
+    run.add_argument("--address", default=None, help="Ray cluster to join: HOST:PORT, or auto for the cluster this runs on (default: start a local Ray sized for the job; inside a submitted Ray job, that job's cluster)")
     run.add_argument("--resume", action="store_true", help="continue after the last finished stage of an earlier run")
     run.set_defaults(handler=_run)
 
