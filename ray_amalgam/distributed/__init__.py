@@ -5,6 +5,7 @@ from ray_amalgam._lazy import lazy_exports
 _EXPORTS = {
     "run_demo": "demo",
     "LiveView": "progress",
+    "LogLines": "progress",
     "ResourcePlan": "resources",
     "connect": "resources",
     "plan_resources": "resources",

@@ -166,3 +166,41 @@ class LiveView:
         table.add_row("train workers", str(e.get("train_workers", "-")))
         table.add_row("mode", str(e.get("mode", "-")))
         return table
+
+
+class LogLines:
+    """Progress for a log rather than a terminal (a submitted job's logs, a pipe, a file): a live
+    panel draws nothing there, so print one plain line whenever the job enters a new phase or
+    stage, and when a stage finishes."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._last: tuple[Any, ...] | None = None
+        self._done: list[str] = []
+
+    def __enter__(self) -> LogLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        for stage in event.get("stages_done", [])[len(self._done):]:
+            self._done.append(stage)
+            self._print(f"stage {stage} done ({len(self._done)}/{event.get('stage_count', event.get('stages', '?'))})")
+        kind = event.get("kind")
+        if kind == "train":
+            key: tuple[Any, ...] = (kind, event.get("stage"))
+            line = (f"stage {event.get('stage')}: {event.get('epochs', '?')} epoch(s) over {event.get('rows', 0):,} rows, "
+                    f"{event.get('train_workers', '?')} train worker(s), {event.get('teacher_actors_alive', 0)} teacher actor(s) alive")
+        elif kind == "stage_done":
+            return
+        else:
+            key = (kind, event.get("phase"))
+            line = f"{kind} {event.get('phase', '')}".strip().replace("_", " ")
+        if key != self._last:
+            self._last = key
+            self._print(line)
+
+    def _print(self, line: str) -> None:
+        self._console.print(f"{time.strftime('%H:%M:%S')} {line}", markup=False, highlight=False, soft_wrap=True)
