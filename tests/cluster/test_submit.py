@@ -143,17 +143,17 @@ def test_follow_stop_and_resume_with_teachers_and_workers_on_different_nodes(mul
 
 
 @pytest.mark.timeout(900)
-def test_sweep_submitted_with_the_package(multinode, token_file, pool, tmp_path):
-    """A two-trial sweep, this package uploaded with it (py_modules): one teacher pass, both trials finish."""
+def test_sweep_is_detected_and_runs_with_one_teacher_pass(multinode, token_file, pool, tmp_path):
+    """A two-trial sweep: detected as a sweep, run by `ray-amalgam sweep`; one teacher pass, both trials finish."""
     out = tmp_path / "sweep"
     spec = _write(tmp_path / "sweep.yaml", {
         "base": job_dict(pool, out), "searcher": "grid", "scheduler": "fifo", "axes": {"tasks": [["shape"], ["position"]]},
     })
-    done = _cli("submit", str(spec), "--address", multinode.dashboard_url, "--wait", "--allow-local-paths", "--ship-package", "--json",
+    done = _cli("submit", str(spec), "--address", multinode.dashboard_url, "--wait", "--allow-local-paths", "--json",
                 token_file=token_file, timeout=850)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = _document(done)
     assert summary["kind"] == "sweep" and summary["status"] == "SUCCEEDED"
-    assert summary["entrypoint"] == "python -m ray_amalgam.cli.main sweep sweep.yaml --address auto"
+    assert summary["entrypoint"] == "ray-amalgam sweep sweep.yaml --address auto"
     result = json.loads((out / "summary.json").read_text())
     assert result["finished"] == 2 and result["teacher_passes_per_sample"] == 1
