@@ -164,7 +164,10 @@ def _client(args: argparse.Namespace) -> tuple[Any, str]:
 def detect_spec(path: str) -> tuple[str, JobSpec | SweepSpec]:
     """('job' or 'sweep', the validated spec): a sweep has a `base` job, a job does not."""
     text = read_text(path)
-    data = yaml.safe_load(text) if text.strip() else None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None  # load_spec_text reports it, with the line
     kind = "sweep" if isinstance(data, dict) and "base" in data else "job"
     return kind, load_spec_text(KINDS[kind][1], text, path)
 
