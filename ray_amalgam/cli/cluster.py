@@ -8,13 +8,13 @@ from contextlib import nullcontext
 from ray_amalgam.cli.console import console, print_json, print_table
 from ray_amalgam.cli.data import positive
 from ray_amalgam.cli.jobs import load_job, show_report
-from ray_amalgam.distributed import LiveView, run_demo, run_job
+from ray_amalgam.distributed import LiveView, LogLines, run_demo, run_job
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     run = commands.add_parser("run", help="run an amalgamation job on Ray", parents=[common])
     run.add_argument("job", help="job YAML file")
-    run.add_argument("--address", default=None, help="Ray cluster to join (default: start a local Ray sized for the job)")
+    run.add_argument("--address", default=None, help="Ray cluster to join: HOST:PORT, or auto for the cluster this runs on (default: start a local Ray sized for the job; inside a submitted Ray job, that job's cluster)")
     run.add_argument("--resume", action="store_true", help="continue after the last finished stage of an earlier run")
     run.set_defaults(handler=_run)
 
@@ -28,8 +28,11 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     demo.set_defaults(handler=_demo)
 
 
-def _live_view(quiet: bool) -> LiveView | nullcontext:
-    return nullcontext() if quiet else LiveView(console)
+def _live_view(quiet: bool) -> LiveView | LogLines | nullcontext:
+    """A live panel on a terminal; plain lines in a log (a submitted job's logs are a file)."""
+    if quiet:
+        return nullcontext()
+    return LiveView(console) if console.is_terminal else LogLines(console)
 
 
 def _run(args: argparse.Namespace) -> int:

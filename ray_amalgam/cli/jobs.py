@@ -58,6 +58,8 @@ def show_report(report: dict[str, Any], job: JobSpec, as_json: bool) -> None:
         print_json(report)
         return
     print_task_report(report)
+    if report.get("restored_after_stage"):
+        console.print(f"resumed after stage {report['restored_after_stage']} (checkpoint {report['resumed_from']})")
     console.print(f"student written to {report['student']['checkpoint']}; report in {job.output}/report.md")
 
 

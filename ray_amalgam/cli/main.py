@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 from rich.markup import escape
 
 from ray_amalgam import __version__
-from ray_amalgam.cli import cluster, data, export, jobs, pool, sweep, teachers
+from ray_amalgam.cli import cluster, data, export, jobs, pool, submit, sweep, teachers
 from ray_amalgam.cli.console import console, print_json, stdout_closed_to_ray, stdout_reserved_for_json
 from ray_amalgam.spec import BadInputError
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_commands(commands, common)
     sweep.add_commands(commands, common)
     pool.add_commands(commands, common)
+    submit.add_commands(commands, common)
     return parser
 
 

@@ -14,7 +14,7 @@ from ray_amalgam.tune.results import REPORT_COLUMNS, report_rows
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     sweep = commands.add_parser("sweep", help="run a sweep of amalgamation jobs with Ray Tune", parents=[common])
     sweep.add_argument("sweep", help="sweep YAML file")
-    sweep.add_argument("--address", default=None, help="Ray cluster to join (default: start a local Ray)")
+    sweep.add_argument("--address", default=None, help="Ray cluster to join: HOST:PORT, or auto for the cluster this runs on (default: start a local Ray)")
     sweep.add_argument("--resume", action="store_true", help="continue a killed sweep; finished trials are not run again")
     sweep.set_defaults(handler=_sweep)
 

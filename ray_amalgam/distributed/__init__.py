@@ -6,6 +6,7 @@ _EXPORTS = {
     "run_demo": "demo",
     "LiveView": "progress",
     "index_pool": "pool_index",
+    "LogLines": "progress",
     "ResourcePlan": "resources",
     "connect": "resources",
     "plan_resources": "resources",

@@ -61,7 +61,8 @@ class TeacherActor:
         self.actor_id = ray.get_runtime_context().get_actor_id()
         self.board = board_handle(board_name) if board_name else None
         if self.board is not None:
-            self.board.teacher_started.remote(self.actor_id, name, ray.get_runtime_context().current_actor)
+            context = ray.get_runtime_context()
+            self.board.teacher_started.remote(self.actor_id, name, context.current_actor, context.get_node_id())
 
     def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """The teacher's filtered outputs for (N, H, W, 3) uint8 pixels."""
@@ -100,6 +101,8 @@ class TeacherPools:
         options: dict[str, Any] = {"num_cpus": resources.teacher_actor_cpus}
         if resources.teacher_actor_gpus > 0:
             options["num_gpus"] = resources.teacher_actor_gpus
+        if resources.teacher_actor_resources:
+            options["resources"] = dict(resources.teacher_actor_resources)
         self.actors = {
             name: [TeacherActor.options(**options).remote(name, checkpoint, plan, board_name) for _ in range(sizes[name])]
             for name, checkpoint in plan.checkpoints.items()

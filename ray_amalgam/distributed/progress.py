@@ -38,9 +38,11 @@ class ProgressBoard:
         self._worker_handles: dict[int, Any] = {}
         self._teacher_order: list[str] = []
         self._teacher_restarts = 0
+        self._nodes: dict[tuple[str, str, str], str | None] = {}
 
-    def teacher_started(self, actor_id: str, teacher: str, handle: Any) -> None:
+    def teacher_started(self, actor_id: str, teacher: str, handle: Any, node_id: str | None = None) -> None:
         """Called by each teacher actor's constructor, again after Ray restarts it."""
+        self._nodes[("teacher", teacher, actor_id)] = node_id
         if actor_id in self._teacher_handles:
             self._teacher_restarts += 1
         else:
@@ -52,8 +54,18 @@ class ProgressBoard:
         _, _, batches = self._teacher_beats.get(actor_id, (teacher, 0.0, 0))
         self._teacher_beats[actor_id] = (teacher, time.time(), batches + 1)
 
-    def worker_started(self, rank: int, handle: Any) -> None:
+    def worker_started(self, rank: int, handle: Any, node_id: str | None = None) -> None:
         self._worker_handles[rank] = handle
+        self._nodes[("worker", str(rank), "")] = node_id
+
+    def placement(self) -> dict[str, Any]:
+        """Which node (id) each train worker rank and each teacher's actors last started on."""
+        workers = {int(rank): node for (kind, rank, _), node in self._nodes.items() if kind == "worker"}
+        teachers: dict[str, list[str | None]] = {}
+        for (kind, teacher, _), node in self._nodes.items():
+            if kind == "teacher":
+                teachers.setdefault(teacher, []).append(node)
+        return {"train_workers": [workers[r] for r in sorted(workers)], "teacher_actors": teachers}
 
     def update(self, event: dict[str, Any]) -> None:
         self._event = event
@@ -154,3 +166,41 @@ class LiveView:
         table.add_row("train workers", str(e.get("train_workers", "-")))
         table.add_row("mode", str(e.get("mode", "-")))
         return table
+
+
+class LogLines:
+    """Progress for a log rather than a terminal (a submitted job's logs, a pipe, a file): a live
+    panel draws nothing there, so print one plain line whenever the job enters a new phase or
+    stage, and when a stage finishes."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._last: tuple[Any, ...] | None = None
+        self._done: list[str] = []
+
+    def __enter__(self) -> LogLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        for stage in event.get("stages_done", [])[len(self._done):]:
+            self._done.append(stage)
+            self._print(f"stage {stage} done ({len(self._done)}/{event.get('stage_count', event.get('stages', '?'))})")
+        kind = event.get("kind")
+        if kind == "train":
+            key: tuple[Any, ...] = (kind, event.get("stage"))
+            line = (f"stage {event.get('stage')}: {event.get('epochs', '?')} epoch(s) over {event.get('rows', 0):,} rows, "
+                    f"{event.get('train_workers', '?')} train worker(s), {event.get('teacher_actors_alive', 0)} teacher actor(s) alive")
+        elif kind == "stage_done":
+            return
+        else:
+            key = (kind, event.get("phase"))
+            line = f"{kind} {event.get('phase', '')}".strip().replace("_", " ")
+        if key != self._last:
+            self._last = key
+            self._print(line)
+
+    def _print(self, line: str) -> None:
+        self._console.print(f"{time.strftime('%H:%M:%S')} {line}", markup=False, highlight=False, soft_wrap=True)

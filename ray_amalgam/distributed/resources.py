@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 import ray
 
@@ -57,6 +58,22 @@ class ResourcePlan:
     teacher_actors_max: int
     """Over all teacher pools together."""
     cluster_cpus: float
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Custom node resources per train worker (`resources.worker_resources`)."""
+    teacher_actor_resources: dict[str, float] = field(default_factory=dict)
+    """Custom node resources per teacher actor (`resources.teacher_resources`)."""
+
+    @property
+    def worker_request(self) -> dict[str, float]:
+        """Everything one train worker asks Ray for."""
+        gpu = {"GPU": self.worker_gpus} if self.worker_gpus > 0 else {}
+        return {"CPU": self.worker_cpus, **gpu, **self.worker_resources}
+
+    @property
+    def teacher_actor_request(self) -> dict[str, float]:
+        """Everything one teacher actor asks Ray for."""
+        gpu = {"GPU": self.teacher_actor_gpus} if self.teacher_actor_gpus > 0 else {}
+        return {"CPU": self.teacher_actor_cpus, **gpu, **self.teacher_actor_resources}
 
     @property
     def needed_cpus(self) -> float:
@@ -144,19 +161,39 @@ def physical_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def plan_resources(job: JobSpec, num_teachers: int, local: bool) -> ResourcePlan:
+def fits(node: dict[str, float], request: dict[str, float]) -> bool:
+    return all(node.get(name, 0.0) >= amount - 1e-9 for name, amount in request.items())
+
+
+def _cluster_worker_cpus(job: JobSpec, num_teachers: int, nodes: list[dict[str, float]]) -> float:
+    """A CPU train worker's share of a real node: the CPUs of the smallest node that may host
+    one, less what teacher actors and data tasks need beside it, divided among the workers
+    that land there when they spread over those nodes; at least 1."""
+    res = job.resources
+    hosts = [n for n in nodes if fits(n, {"CPU": 1.0, **res.worker_resources})]
+    if not hosts:
+        return 1.0  # check_cluster names what is missing
+    per_node = math.ceil(res.num_workers / len(hosts))
+    reserve = DATA_TASK_BUDGET + res.teacher_actors.max * num_teachers * TEACHER_ACTOR_CPUS
+    return float(max(1, math.floor((min(n["CPU"] for n in hosts) - reserve) / per_node)))
+
+
+def plan_resources(job: JobSpec, num_teachers: int, local: bool, nodes: list[dict[str, float]] | None = None) -> ResourcePlan:
     """Requests for a job with `num_teachers` teacher pools.
 
     A GPU train worker asks for GPU_WORKER_CPUS. A CPU train worker asks for a whole share of
     the machine when Ray is local (physical cores divided among the workers, at least 1)
-    because its torch threads follow it; on a cluster it asks for 1 CPU and Ray spreads
+    because its torch threads follow it; on a cluster whose `nodes` (their resources) are
+    known, a share of a real node (`_cluster_worker_cpus`); otherwise 1 CPU, and Ray spreads
     workers over nodes. The local cluster is sized to max(physical cores, everything placed at once).
     """
     res = job.resources
     if res.gpus_per_worker > 0:
         worker_cpus = GPU_WORKER_CPUS
+    elif local:
+        worker_cpus = float(max(1, physical_cpus() // res.num_workers))
     else:
-        worker_cpus = float(max(1, physical_cpus() // res.num_workers)) if local else 1.0
+        worker_cpus = _cluster_worker_cpus(job, num_teachers, nodes) if nodes else 1.0
     actors_max = res.teacher_actors.max * num_teachers
     plan = ResourcePlan(
         train_workers=res.num_workers,
@@ -168,20 +205,34 @@ def plan_resources(job: JobSpec, num_teachers: int, local: bool) -> ResourcePlan
         teacher_actors_min=res.teacher_actors.min * num_teachers,
         teacher_actors_max=actors_max,
         cluster_cpus=0.0,
+        worker_resources=dict(res.worker_resources),
+        teacher_actor_resources=dict(res.teacher_resources),
     )
     cluster = float(max(physical_cpus(), math.ceil(plan.needed_cpus))) if local else 0.0
     return ResourcePlan(**{**plan.as_dict(), "cluster_cpus": cluster})
 
 
+def submitted_job_address() -> str | None:
+    """The cluster a Ray job's entrypoint runs in: Ray's job supervisor sets RAY_ADDRESS to its
+    GCS address (an `http://` value is a Jobs API URL meant for `ray job submit`, not to join)."""
+    value = os.environ.get("RAY_ADDRESS", "")
+    return value if value and "://" not in value.replace("ray://", "") else None
+
+
 def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePlan:
     """Join `address`, reuse an already initialised Ray, or start a local one sized for the job.
 
+    With no `address` inside a submitted Ray job (RAY_ADDRESS set), or with `auto`, the job joins
+    the cluster it runs on and is planned for that cluster's nodes; no local Ray is sized.
     Then check that the cluster can place the job at all: GPUs requested where there are
-    none, or more train workers than the cluster holds, fail here with BadInputError instead
-    of waiting forever for resources that will never appear.
+    none, more train workers than the cluster holds, or a worker or actor that no node can hold
+    fail here with BadInputError instead of waiting forever for resources that will never appear.
     """
+    if address is None and not ray.is_initialized():
+        address = submitted_job_address()
     if address is not None:
         check_reachable(address)
+    nodes: list[dict[str, float]] | None = None
     if ray.is_initialized():
         plan = plan_resources(job, num_teachers, local=address is None)
     elif address is None:
@@ -194,21 +245,52 @@ def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePla
             configure_logging=False,
         )
     else:
-        plan = plan_resources(job, num_teachers, local=False)
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as error:
             raise BadInputError(f"--address {address}: cannot join the Ray cluster ({str(error).splitlines()[0]})") from None
+        nodes, totals = cluster_shape()
+        plan = plan_resources(job, num_teachers, local=False, nodes=nodes)
+        check_cluster(plan, totals, nodes)
+        return plan
     check_cluster(plan, ray.cluster_resources())
     return plan
 
 
+def cluster_shape() -> tuple[list[dict[str, float]], dict[str, float]]:
+    """(the resources of each node the joined cluster has or its autoscaler may add, the most of
+    each resource it can hold). An autoscaling cluster (cluster launcher, KubeRay) may have no
+    GPU node yet: its node groups count as they are declared, as Ray Train counts them."""
+    nodes = [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+    totals = dict(ray.cluster_resources())
+    try:
+        from ray._private.state import state  # Ray Train reads the autoscaler's config the same way
+
+        config = state.get_cluster_config()
+        maxima = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - no autoscaler config (a static cluster): what runs is all there is
+        config, maxima = None, {}
+    for group in getattr(config, "node_group_configs", None) or []:
+        if group.max_count != 0:
+            nodes.append({name: float(amount) for name, amount in group.resources.items()})
+    for name, amount in maxima.items():
+        totals[name] = max(totals.get(name, 0.0), float(amount))
+    return nodes, totals
+
+
 def check_reachable(address: str) -> None:
-    """BadInputError within ADDRESS_TIMEOUT_S when nothing listens at a host:port address
-    (ray.init would otherwise retry for minutes); `auto` and `ray://` addresses pass through."""
-    if address == "auto" or "://" in address:
+    """BadInputError within ADDRESS_TIMEOUT_S when nothing listens at a host:port address or an
+    http(s):// Jobs API URL (ray.init and the Jobs SDK would otherwise retry or wait for minutes);
+    `auto` and `ray://` addresses pass through."""
+    if address == "auto" or address.startswith("ray://"):
         return
-    host, _, port = address.rpartition(":")
+    if address.startswith(("http://", "https://")):
+        parts = urlsplit(address)
+        host, port = parts.hostname or "", str(parts.port or (443 if parts.scheme == "https" else 80))
+    elif "://" in address:
+        return
+    else:
+        host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise BadInputError(f"--address {address}: expected HOST:PORT of a Ray head (GCS), 'auto' or ray://HOST:PORT")
     try:
@@ -240,8 +322,18 @@ def check_local_machine(plan: ResourcePlan) -> None:
         )
 
 
-def check_cluster(plan: ResourcePlan, totals: dict[str, float]) -> None:
-    """BadInputError naming the resources field when the cluster can never place the job."""
+def check_cluster(plan: ResourcePlan, totals: dict[str, float], nodes: list[dict[str, float]] | None = None) -> None:
+    """BadInputError naming the resources field when the cluster can never place the job; with
+    `nodes` (each node's resources), also when no single node can hold a train worker or a
+    teacher actor, or no node declares a custom resource the job asks for."""
+    for field_name, custom in (("worker_resources", plan.worker_resources), ("teacher_resources", plan.teacher_actor_resources)):
+        for name, amount in custom.items():
+            if totals.get(name, 0.0) < amount:
+                declared = sorted(k for k in totals if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:"))
+                raise BadInputError(
+                    f"resources.{field_name}.{name}: no node of the Ray cluster declares the resource '{name}' "
+                    f"(custom resources there: {', '.join(declared) or 'none'})"
+                )
     gpus = totals.get("GPU", 0.0)
     cpus = totals.get("CPU", 0.0)
     if plan.worker_gpus > 0 and gpus == 0:
@@ -263,3 +355,16 @@ def check_cluster(plan: ResourcePlan, totals: dict[str, float]) -> None:
             f"{plan.teacher_actors_min} teacher actors x {plan.teacher_actor_cpus:g} CPU and {DATA_TASK_BUDGET:g} CPU for data tasks "
             f"need {needed:g} CPUs, but the Ray cluster has {cpus:g}"
         )
+    for field_name, what, request in (
+        ("num_workers, gpus_per_worker, worker_resources", "a train worker", plan.worker_request),
+        ("teacher_gpu_fraction, teacher_resources", "a teacher actor", plan.teacher_actor_request),
+    ):
+        if nodes and not any(fits(node, request) for node in nodes):
+            raise BadInputError(
+                f"resources ({field_name}): {what} asks for {_shown(request)}, but no node of the Ray cluster has that much "
+                f"(nodes: {'; '.join(_shown({k: v for k, v in n.items() if k in request}) for n in nodes)})"
+            )
+
+
+def _shown(resources: dict[str, float]) -> str:
+    return ", ".join(f"{name} {amount:g}" for name, amount in sorted(resources.items())) or "nothing"

@@ -202,6 +202,18 @@ def _eta_fields(event: dict[str, Any], stage_epochs: list[int], rows: int) -> di
     return {"eta_s": remaining * rows / event["samples_per_s"], "stage_count": len(stage_names)}
 
 
+def _placement(board: Any) -> dict[str, Any]:
+    """Where the job's train workers and teacher actors ran: node ids, and each node's resources
+    (custom ones included), so a cluster user can check that pinned parts landed apart."""
+    placed = ray.get(board.placement.remote(), timeout=30)
+    used = set(placed["train_workers"]) | {node for nodes in placed["teacher_actors"].values() for node in nodes}
+    resources = {
+        node["NodeID"]: {name: amount for name, amount in node["Resources"].items() if not name.startswith("node:")}
+        for node in ray.nodes() if node["NodeID"] in used
+    }
+    return {**placed, "nodes": resources}
+
+
 def _write_metrics(job: JobSpec, history: dict[str, Any]) -> None:
     out = job.output
     atomic_write_text(join(out, "metrics.json"), json.dumps(history, indent=2, sort_keys=True))
@@ -308,7 +320,6 @@ def run_job(
                 job, plan, resources, expected_count + held_rows, held_rows, board_name, poller.emit, pools, shared_store
             )
             data_seconds = time.perf_counter() - data_started
-            gpu = {"GPU": resources.worker_gpus} if resources.worker_gpus > 0 else {}
             fit_started_at = time.time()  # the origin of the workers' timeline (wall clock: they run elsewhere)
             trainer = TorchTrainer(
                 train_loop,
@@ -324,7 +335,7 @@ def run_job(
                 scaling_config=ray.train.ScalingConfig(
                     num_workers=resources.train_workers,
                     use_gpu=resources.worker_gpus > 0,
-                    resources_per_worker={"CPU": resources.worker_cpus, **gpu},
+                    resources_per_worker=resources.worker_request,
                 ),
                 run_config=ray.train.RunConfig(
                     name=RUN_NAME,
@@ -341,6 +352,7 @@ def run_job(
             fit_started = time.perf_counter()
             result = trainer.fit()
             fit_seconds = time.perf_counter() - fit_started
+            placement = _placement(board)
     finally:
         if pools is not None:
             pools.close()
@@ -356,6 +368,7 @@ def run_job(
         "seconds": round(time.perf_counter() - started, 2),
         "resumed_from": resume_from,
         "restored_after_stage": saved.get("restored_from"),
+        "placement": placement,
         "expected_rows": expected_count,
         "expected_id_digest": str(expected_digest),
     }, source)

@@ -107,7 +107,7 @@ class Reporter:
         self.rank = rank
         self._last = 0.0
         if self.board is not None:
-            self.board.worker_started.remote(rank, ray.get_runtime_context().current_actor)
+            self.board.worker_started.remote(rank, ray.get_runtime_context().current_actor, ray.get_runtime_context().get_node_id())
 
     def send(self, event: dict[str, Any], force: bool = False) -> None:
         now = time.monotonic()

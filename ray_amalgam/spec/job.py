@@ -85,12 +85,31 @@ class ActorRange(_Strict):
         return self
 
 
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+"""Ray's built-in resources: set through their own fields, never as custom node resources."""
+
+
 class ResourcesSpec(_Strict):
     num_workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0.0)
     teacher_actors: ActorRange = ActorRange()
     teacher_gpu_fraction: float = Field(0.0, ge=0.0, le=1.0)
     teacher_batch_size: int = Field(128, ge=1)
+    worker_resources: dict[str, float] = {}
+    """Custom Ray node resources each train worker asks for, e.g. {train_node: 0.01}: it then runs
+    only on nodes started with that resource (`ray start --resources`, a cluster YAML's node type)."""
+    teacher_resources: dict[str, float] = {}
+    """The same for each teacher actor, e.g. {teacher_node: 0.01}."""
+
+    @field_validator("worker_resources", "teacher_resources")
+    @classmethod
+    def _custom_only(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in RESERVED_RESOURCES:
+                raise ValueError(f"'{name}' is set by its own field (num_workers, gpus_per_worker, teacher_gpu_fraction), not here")
+            if amount <= 0:
+                raise ValueError(f"{name}: expected an amount > 0, got {amount}")
+        return value
 
 
 class JobSpec(_Strict):

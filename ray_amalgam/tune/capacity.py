@@ -29,7 +29,7 @@ def trial_bundles(plan: ResourcePlan, runs_teachers: bool) -> PlacementGroupFact
     """What Tune reserves for a trial. Tune starts a trial in a placement group that captures every
     task and actor the trial starts without a scheduling strategy of its own (Ray Train and Ray
     Data set theirs, teacher actors do not): a trial that runs teachers holds a bundle for each."""
-    teacher = {"CPU": plan.teacher_actor_cpus, **({"GPU": plan.teacher_actor_gpus} if plan.teacher_actor_gpus else {})}
+    teacher = plan.teacher_actor_request  # custom node resources too: the actor must fit its bundle
     return PlacementGroupFactory([{"CPU": TRIAL_CPUS}] + ([teacher] * plan.teacher_actors_max if runs_teachers else []))
 
 

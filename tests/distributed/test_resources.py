@@ -13,6 +13,7 @@ from ray_amalgam.distributed.resources import (
     physical_cpus,
     plan_resources,
     split_actors,
+    submitted_job_address,
 )
 from ray_amalgam.spec import BadInputError, JobSpec
 
@@ -91,3 +92,40 @@ def test_pools_that_cannot_be_placed_are_refused_with_the_numbers():
     gpu_plan = plan_resources(_job(teacher_gpu_fraction=0.1, gpus_per_worker=0.5), num_teachers=12, local=False)
     with pytest.raises(BadInputError, match=r"teacher_gpu_fraction: 13 teacher actors .* need 1.8 GPUs, but the Ray cluster has 1"):
         check_placement(gpu_plan, sizes, {"CPU": 64.0, "GPU": 1.0})
+    with pytest.raises(BadInputError, match=r"--address http://127.0.0.1:1: no Ray cluster reachable there"):
+        check_reachable("http://127.0.0.1:1")  # a Jobs API URL is probed the same way
+
+
+def test_a_worker_no_node_can_hold_is_refused_per_node():
+    """8 GPUs in total, but on 1-GPU nodes: a 2-GPU train worker could never be placed."""
+    plan = plan_resources(_job(gpus_per_worker=2.0), num_teachers=2, local=False)
+    nodes = [{"CPU": 8.0, "GPU": 1.0}] * 8
+    with pytest.raises(BadInputError, match=r"resources \(num_workers, gpus_per_worker, worker_resources\): a train worker asks for CPU 2, GPU 2, but no node"):
+        check_cluster(plan, {"CPU": 64.0, "GPU": 8.0}, nodes)
+    check_cluster(plan, {"CPU": 64.0, "GPU": 8.0}, [{"CPU": 8.0, "GPU": 2.0}] * 4)
+
+
+def test_custom_node_resources_must_be_declared_and_pin_the_requests():
+    job = _job(worker_resources={"train_node": 0.01}, teacher_resources={"teacher_node": 0.01})
+    plan = plan_resources(job, num_teachers=2, local=False)
+    assert plan.worker_request == {"CPU": 1.0, "train_node": 0.01}
+    assert plan.teacher_actor_request == {"CPU": 0.5, "teacher_node": 0.01}
+    with pytest.raises(BadInputError, match=r"resources.teacher_resources.teacher_node: no node of the Ray cluster declares .* \(custom resources there: train_node\)"):
+        check_cluster(plan, {"CPU": 8.0, "train_node": 1.0})
+    nodes = [{"CPU": 4.0, "teacher_node": 1.0}, {"CPU": 4.0, "train_node": 1.0}]
+    check_cluster(plan, {"CPU": 8.0, "teacher_node": 1.0, "train_node": 1.0}, nodes)
+
+
+def test_cpu_workers_on_a_cluster_take_a_share_of_a_real_node():
+    """Two CPU workers over two 16-CPU nodes: one each, the node's cores less teachers and data tasks."""
+    nodes = [{"CPU": 0.0}, {"CPU": 16.0}, {"CPU": 16.0}]  # a head with no task resources
+    plan = plan_resources(_job(num_workers=2), num_teachers=2, local=False, nodes=nodes)
+    assert plan.worker_cpus == 16 - 1 - 2 * 0.5
+    assert plan_resources(_job(num_workers=2), num_teachers=2, local=False).worker_cpus == 1.0  # nodes unknown
+
+
+def test_inside_a_submitted_job_the_cluster_is_joined(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # what Ray's job supervisor sets
+    assert submitted_job_address() == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.1:8265")  # a Jobs API URL, for `ray job submit`: not joined
+    assert submitted_job_address() is None
