@@ -17,7 +17,7 @@ from ray_amalgam.io.synth import synthesize
 from ray_amalgam.spec import BackboneSpec, BadInputError, JobSpec
 
 DEMO_TEACHERS = {"A": ("shape", "color", "size"), "B": ("position", "background", "attributes")}
-DEMO_TASKS = ("shape", "position")
+DEMO_TASKS = ("color", "position")
 """One task from each teacher: a student neither teacher could be on its own."""
 BASE_TRAIN_ROWS = 2000
 BASE_EVAL_ROWS = 400

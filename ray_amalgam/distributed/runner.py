@@ -255,6 +255,11 @@ def configure_ray_data(job: JobSpec, plan: AmalgamationPlan) -> None:
     context.target_max_block_size = min(DEFAULT_TARGET_MAX_BLOCK_SIZE, max(block_bytes, 1 << 20))
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # Ray Data's v2 Parquet reader starts 32 FooterReader actors per read (every stream epoch),
+    # each needing a whole free CPU to be placed: minutes of worker start-up on a small machine,
+    # and a hang on a cluster whose free CPUs are split below 1 per node (benchmarks/parquet_read.py).
+    # The v1 reader lists footers in our data tasks, at their CPU share.
+    context.use_datasource_v2 = False
     # Ray Data warns once per process that its bars are off, at the first execution, through a
     # logger it configures itself on import: claim that once-only slot so the job's view stays clean.
     log_once("ray_data_progress_manager_disabled")

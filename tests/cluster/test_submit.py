@@ -85,6 +85,7 @@ def _wait_for_file(pattern: str, root: Path, process: subprocess.Popen, timeout:
         time.sleep(1)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_follow_stop_and_resume_with_teachers_and_workers_on_different_nodes(multinode, token_file, pool, tmp_path):
     """submit --follow; jobs stop once block1 is checkpointed (the follower exits 1 saying STOPPED);
@@ -142,6 +143,7 @@ def test_follow_stop_and_resume_with_teachers_and_workers_on_different_nodes(mul
     assert {(j["submission_id"], j["status"]) for j in listed} >= {(sid, "STOPPED"), (summary["submission_id"], "SUCCEEDED")}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sweep_is_detected_and_runs_with_one_teacher_pass(multinode, token_file, pool, tmp_path):
     """A two-trial sweep: detected as a sweep, run by `ray-amalgam sweep`; one teacher pass, both trials finish."""
