@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import tempfile
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
@@ -219,6 +220,24 @@ def submitted_job_address() -> str | None:
     return value if value and "://" not in value.replace("ray://", "") else None
 
 
+RAY_WORKING_DIR_FILES = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
+"""Where Ray unpacks a job's `working_dir` on each node (under its session directory)."""
+
+
+def leave_replaceable_working_dir() -> None:
+    """Step out of a Ray job's unpacked `working_dir` (where a submitted job's driver and its
+    actors start). Ray removes and unpacks that directory again when it sets the job's
+    environment up anew on a node, stranding any process whose cwd it was; Tune and Ray Train
+    then fail resolving paths against the cwd (a submitted sweep ended in FileNotFoundError).
+    A job's paths are absolute by the time it connects, so no relative path is lost."""
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:  # already removed under us
+        cwd = RAY_WORKING_DIR_FILES
+    if RAY_WORKING_DIR_FILES in cwd:
+        os.chdir(tempfile.gettempdir())
+
+
 def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePlan:
     """Join `address`, reuse an already initialised Ray, or start a local one sized for the job.
 
@@ -228,6 +247,7 @@ def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePla
     none, more train workers than the cluster holds, or a worker or actor that no node can hold
     fail here with BadInputError instead of waiting forever for resources that will never appear.
     """
+    leave_replaceable_working_dir()
     if address is None and not ray.is_initialized():
         address = submitted_job_address()
     if address is not None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from ray_amalgam.distributed.resources import (
@@ -10,6 +14,7 @@ from ray_amalgam.distributed.resources import (
     check_placement,
     check_local_machine,
     check_reachable,
+    leave_replaceable_working_dir,
     physical_cpus,
     plan_resources,
     split_actors,
@@ -129,3 +134,19 @@ def test_inside_a_submitted_job_the_cluster_is_joined(monkeypatch):
     assert submitted_job_address() == "10.0.0.1:6379"
     monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.1:8265")  # a Jobs API URL, for `ray job submit`: not joined
     assert submitted_job_address() is None
+
+
+@pytest.mark.parametrize("removed", [False, True])
+def test_a_driver_leaves_the_working_dir_ray_may_replace(tmp_path, monkeypatch, removed):
+    """A submitted job starts in Ray's unpacked working_dir, which Ray may remove and unpack again
+    mid-job: the driver moves out (even when it is already gone); any other cwd is kept."""
+    unpacked = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    unpacked.mkdir(parents=True)
+    monkeypatch.chdir(unpacked)
+    if removed:
+        shutil.rmtree(unpacked)
+    leave_replaceable_working_dir()
+    assert os.getcwd() == os.path.realpath(tempfile.gettempdir())
+    monkeypatch.chdir(tmp_path)
+    leave_replaceable_working_dir()
+    assert os.getcwd() == str(tmp_path)
