@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from ray_amalgam.amalgamation.runner import run_job
+from ray_amalgam.amalgamation.runner import train_in_process
 from ray_amalgam.spec import JobSpec
 
 
@@ -14,4 +14,4 @@ def kd_baseline(job: JobSpec, progress: Progress | None = None, source: str = "j
     """Same trunk and branches with every branch point at the last trunk block, no block stages,
     and end-to-end KD for as many epochs as the job's block stages and finetune together.
     Writes and returns the same report as `amalgamate_local` (method `kd`)."""
-    return run_job(job, progress, source, block_stages=False)
+    return train_in_process(job, progress, source, block_stages=False)

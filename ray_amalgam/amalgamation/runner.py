@@ -208,7 +208,7 @@ def report_tables(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: bool) -> dict[str, Any]:
+def train_in_process(job: JobSpec, progress: Progress | None, source: str, block_stages: bool) -> dict[str, Any]:
     """The shared local pipeline of `amalgamate_local` and `kd_baseline` (`block_stages=False`)."""
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -257,4 +257,4 @@ def run_job(job: JobSpec, progress: Progress | None, source: str, block_stages: 
 def amalgamate_local(job: JobSpec, progress: Progress | None = None, source: str = "job") -> dict[str, Any]:
     """Run the job in this process; writes `<output>/student` and `<output>/report.{json,md}` and
     returns the report (JSON-able)."""
-    return run_job(job, progress, source, block_stages=True)
+    return train_in_process(job, progress, source, block_stages=True)
