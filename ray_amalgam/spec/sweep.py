@@ -194,11 +194,12 @@ class AshaSpec(_Strict):
 class SweepSpec(_Strict):
     base: JobSpec
     """A job as `run` takes it; its `output` is the sweep's output, trials go under it."""
-    searcher: Literal["random", "grid"] = "random"
-    """Declared before `axes`, whose check depends on it."""
+    searcher: Literal["random", "grid", "optuna"] = "random"
+    """`optuna`: Tree-structured Parzen Estimator, model-based (the `optuna` extra). Declared
+    before `axes`, whose check depends on it."""
     axes: AxesSpec = AxesSpec()
     num_samples: int = Field(1, ge=1)
-    """Random search: trials drawn. Grid search: repeats of the whole grid."""
+    """Random and optuna search: trials drawn. Grid search: repeats of the whole grid."""
     metric: MetricSpec = MetricSpec()
     scheduler: Literal["asha", "fifo"] = "asha"
     asha: AshaSpec = AshaSpec()

@@ -4,6 +4,7 @@ tasks, run the trials with Ray Tune, and write the results into the sweep's outp
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -13,7 +14,7 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher
 
 from ray_amalgam.amalgamation import AmalgamationPlan, resolve_pool_job
 from ray_amalgam.amalgamation.validation import validate_job, with_absolute_paths
@@ -69,6 +70,23 @@ def _scheduler(spec: SweepSpec, plan: AmalgamationPlan) -> TrialScheduler:
                          reduction_factor=spec.asha.reduction_factor, stop_last_trials=False)
 
 
+def _check_searcher_installed(spec: SweepSpec, source: str) -> None:
+    if spec.searcher == "optuna" and importlib.util.find_spec("optuna") is None:
+        raise BadInputError(f"{source}: searcher: 'optuna' needs the optuna package; install it with pip install 'ray_amalgam[optuna]'")
+
+
+def _search_algorithm(spec: SweepSpec, concurrency: int) -> SearchAlgorithm | Searcher:
+    """Seeded from the base job. The limit goes to the searcher itself: Tune ignores
+    max_concurrent_trials beside a given search algorithm."""
+    seed = spec.base.schedule.seed
+    if spec.searcher != "optuna":
+        return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    return ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=seed)), max_concurrent=concurrency)
+
+
 def _teacher_store(union: JobSpec, plan: AmalgamationPlan, resources: Any, output: str, resume: bool) -> tuple[Store | None, int]:
     """The sweep's store (store mode) and the teacher passes spent on it so far in this sweep:
     one when this call built it, plus any an interrupted run of the same sweep recorded."""
@@ -113,8 +131,7 @@ def _tuner(
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=SCORE, mode="max", num_samples=spec.num_samples, scheduler=_scheduler(spec, plan),
-            # The limit goes to the generator itself: Tune ignores max_concurrent_trials beside a given one.
-            search_alg=BasicVariantGenerator(random_state=spec.base.schedule.seed, max_concurrent=concurrency),
+            search_alg=_search_algorithm(spec, concurrency),
             trial_dirname_creator=_trial_id, trial_name_creator=_trial_id,
         ),
         run_config=tune.RunConfig(
@@ -179,6 +196,7 @@ def run_sweep(spec: SweepSpec, source: str = "sweep", address: str | None = None
     """
     started = time.perf_counter()
     spec = spec.model_copy(update={"base": with_absolute_paths(spec.base)})
+    _check_searcher_installed(spec, source)
     spec = _with_pool_teachers(spec, source)
     base, output = spec.base, spec.base.output
     check_against_pool(spec, source)
@@ -207,6 +225,7 @@ def run_sweep(spec: SweepSpec, source: str = "sweep", address: str | None = None
         "finished": len(finished),
         "stopped": sum(r["status"] == "stopped" for r in rows),
         "errors": sum(r["status"] == "error" for r in rows),
+        "searcher": spec.searcher,
         "metric": spec.metric.quality + (f" - {spec.metric.size_penalty:g} x params share" if spec.metric.size_penalty else ""),
         "best": ranked(finished)[0] if finished else None,
         "pareto": pareto_front(rows),

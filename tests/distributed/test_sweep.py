@@ -110,6 +110,20 @@ def test_asha_stops_a_diverging_trial_early(ray_cluster, pool, tmp_path, capsys)
     assert rows[1e6].get("student") is None and not (out / "trials" / rows[1e6]["trial_id"] / "student").exists()
 
 
+@pytest.mark.timeout(420)
+def test_optuna_searcher_draws_every_trial_within_its_ranges(ray_cluster, pool, tmp_path, capsys):
+    """The model-based searcher (Optuna's TPE) proposes the trials: a continuous and a discrete axis."""
+    out = tmp_path / "sweep"
+    spec = _write_sweep(tmp_path / "sweep.yaml", pool, out, searcher="optuna", scheduler="fifo", num_samples=2,
+                        axes={"lr": {"loguniform": [1e-3, 1e-2]}, "width": [0.25, 0.5]})
+    code, summary, _ = _run_cli(["sweep", str(spec), "--json"], capsys)
+    assert code == 0, summary
+    assert summary["searcher"] == "optuna" and summary["trials"] == summary["finished"] == 2
+    rows = pq.read_table(out / "trials.parquet").to_pylist()
+    assert all(1e-3 <= row["lr"] <= 1e-2 and row["width"] in (0.25, 0.5) for row in rows)
+    assert rows[0]["lr"] != rows[1]["lr"], "both trials got the same draw"
+
+
 BAD_SPECS = {
     "unknown task": ({"axes": {"tasks": [["shape", "colour"]]}}, "axes.tasks: no teacher owns task 'colour'"),
     "empty subset": ({"axes": {"tasks": [["shape"], []]}}, "axes.tasks: "),

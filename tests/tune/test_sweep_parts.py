@@ -98,3 +98,12 @@ def test_a_sweep_from_a_pool_learns_every_subset_from_the_union_choice(tmp_path)
     assert resolved.pool is None and [t.name for t in resolved.teachers] == ["both"]
     for subset in ("shape", "color", "shape+color"):
         assert trial_job(resolved, {"tasks": subset}, "/out/t").teachers == resolved.teachers
+
+
+def test_optuna_without_its_package_is_one_line_naming_the_extra(monkeypatch):
+    from ray_amalgam.tune import sweep as sweep_module
+
+    real_find_spec = sweep_module.importlib.util.find_spec
+    monkeypatch.setattr(sweep_module.importlib.util, "find_spec", lambda name: None if name == "optuna" else real_find_spec(name))
+    with pytest.raises(BadInputError, match=r"^sweep.yaml: searcher: 'optuna' needs .*ray_amalgam\[optuna\]"):
+        sweep_module.run_sweep(_sweep(searcher="optuna"), source="sweep.yaml")
