@@ -48,9 +48,11 @@ from ray_amalgam.amalgamation.pool import (
     synthesize_pool,
 )
 from ray_amalgam.amalgamation.runner import (
+    StoredTargets,
     amalgamate_local,
     compute_targets,
     evaluate,
+    stage_metrics,
 )
 from ray_amalgam.amalgamation.schedule import concrete_schedule, stage_lr_scheduler, steps_per_epoch
 from ray_amalgam.amalgamation.student import STUDENT_META, load_student, predict, save_student
@@ -73,6 +75,7 @@ __all__ = [
     "Exported",
     "PoolSelection",
     "StageNet",
+    "StoredTargets",
     "amalgamate_local",
     "auto_branch_points",
     "average_precision",
@@ -110,6 +113,7 @@ __all__ = [
     "save_student",
     "select_teachers",
     "stage_lr_scheduler",
+    "stage_metrics",
     "steps_per_epoch",
     "synthesize_pool",
     "teacher_outputs",

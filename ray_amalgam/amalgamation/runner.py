@@ -1,7 +1,7 @@
 """Run a whole amalgamation job in one process: stages -> branch-out -> finetune -> evaluation.
 
-The teacher targets of the training data are computed once into memory: the local stand-in for
-the distributed layer's teacher-output store.
+The teacher targets of the training data are computed once into memory (the local stand-in for
+the distributed layer's teacher-output store), or read from such a store when the caller has one.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,11 @@ from ray_amalgam.models import (
 )
 from ray_amalgam.spec import BadInputError, JobSpec
 
+StoredTargets = tuple[np.ndarray, Mapping[str, np.ndarray]]
+"""(row ids, teacher-output column -> values in the ids' order): targets computed elsewhere."""
+StageReport = Callable[[dict[str, Any]], None]
+"""Called with `stage_metrics` after each stage."""
+
 HOLDOUT_FRACTION = 0.1
 """Share of the training rows held out to measure fidelity for branch-out."""
 EVAL_BATCH = 256
@@ -64,6 +69,22 @@ def compute_targets(
             for key, value in teacher_outputs(teacher, name, x, plan).items():
                 chunks.setdefault(key, []).append(value.cpu())
     return {key: torch.cat(values) for key, values in chunks.items()}
+
+
+def stage_metrics(stage: str, index: int, stages: int, fidelity: Mapping[str, float]) -> dict[str, Any]:
+    """What a finished stage reports, in process and on Ray Train alike."""
+    return {"stage": stage, "stage_index": index, "stages": stages, **{f"fidelity/{t}": v for t, v in fidelity.items()}}
+
+
+def aligned_targets(ids: Sequence[str], stored: StoredTargets, source: str) -> dict[str, Tensor]:
+    """The stored targets as tensors in the order of `ids`."""
+    stored_ids, columns = stored
+    position = {str(row_id): index for index, row_id in enumerate(stored_ids)}
+    missing = [row_id for row_id in ids if str(row_id) not in position]
+    if missing:
+        raise BadInputError(f"{source}: the teacher-output store lacks {len(missing)} training row(s), e.g. id '{missing[0]}'")
+    order = np.fromiter((position[str(row_id)] for row_id in ids), dtype=np.int64, count=len(ids))
+    return {key: torch.from_numpy(np.ascontiguousarray(values[order])) for key, values in columns.items()}
 
 
 def iter_rows(images: np.ndarray, targets: Mapping[str, Tensor], rows: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
@@ -208,7 +229,10 @@ def report_tables(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def train_in_process(job: JobSpec, progress: Progress | None, source: str, block_stages: bool) -> dict[str, Any]:
+def train_in_process(
+    job: JobSpec, progress: Progress | None, source: str, block_stages: bool,
+    stored: StoredTargets | None = None, on_stage: StageReport | None = None,
+) -> dict[str, Any]:
     """The shared local pipeline of `amalgamate_local` and `kd_baseline` (`block_stages=False`)."""
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -218,10 +242,15 @@ def train_in_process(job: JobSpec, progress: Progress | None, source: str, block
         raise BadInputError(f"{source}: data.train: images are {train.images.shape[1]} px, the teachers expect {plan.input_size} px")
     # The first write: only now, with every training image decoded, is the job known to be valid.
     write_job_record(job, source)
-    if job.hint.enabled:
-        calibration = train.images[: job.hint.calibration_samples]
-        plan = plan.with_hint_channels(rank_hint_channels(plan, teachers, calibration, job.hint.keep_fraction))
-    targets = compute_targets(plan, teachers, train.images, device)
+    if stored is not None:
+        if job.hint.enabled:  # the store's hint channels were ranked on other rows
+            raise BadInputError(f"{source}: hint.enabled: stored targets are read only without hints")
+        targets = aligned_targets(train.ids, stored, source)
+    else:
+        if job.hint.enabled:
+            calibration = train.images[: job.hint.calibration_samples]
+            plan = plan.with_hint_channels(rank_hint_channels(plan, teachers, calibration, job.hint.keep_fraction))
+        targets = compute_targets(plan, teachers, train.images, device)
     held = holdout_mask(train.ids, HOLDOUT_FRACTION)
     fit_rows = np.flatnonzero(~held)
     check_rows = np.flatnonzero(held) if held.any() and not held.all() else fit_rows
@@ -233,16 +262,20 @@ def train_in_process(job: JobSpec, progress: Progress | None, source: str, block
     engine = Amalgamator(plan, teachers, job, device, block_stages=block_stages)
     generator = np.random.default_rng(job.schedule.seed)
     records = []
-    for stage in engine.stage_names():
+    stages = engine.stage_names()
+    for index, stage in enumerate(stages):
         if engine.skips(stage):
-            records.append(engine.finish_stage(stage, {}))
-            continue
-        _train_stage(engine, stage, train.images, targets, fit_rows, generator, progress)
-        fidelity, samples = engine.fidelity(iter_rows(train.images, targets, check_rows, EVAL_BATCH))
+            fidelity, samples = {}, 0
+        else:
+            _train_stage(engine, stage, train.images, targets, fit_rows, generator, progress)
+            fidelity, samples = engine.fidelity(iter_rows(train.images, targets, check_rows, EVAL_BATCH))
         records.append(engine.finish_stage(stage, fidelity, samples))
+        if on_stage is not None:
+            on_stage(stage_metrics(stage, index, len(stages), fidelity))
     report = {
         "source": source,
         "method": "afk" if block_stages else "kd",
+        "targets": "stored" if stored is not None else "computed",
         "stages": records,
         **save_and_evaluate(engine, teachers, job, device),
         "train_samples": int(len(fit_rows)),
@@ -254,7 +287,11 @@ def train_in_process(job: JobSpec, progress: Progress | None, source: str, block
     return report
 
 
-def amalgamate_local(job: JobSpec, progress: Progress | None = None, source: str = "job") -> dict[str, Any]:
+def amalgamate_local(
+    job: JobSpec, progress: Progress | None = None, source: str = "job",
+    stored: StoredTargets | None = None, on_stage: StageReport | None = None,
+) -> dict[str, Any]:
     """Run the job in this process; writes `<output>/student` and `<output>/report.{json,md}` and
-    returns the report (JSON-able)."""
-    return train_in_process(job, progress, source, block_stages=True)
+    returns the report (JSON-able). `stored`: the training rows' teacher targets, read from a
+    store instead of running the teachers. `on_stage`: called with each stage's metrics."""
+    return train_in_process(job, progress, source, block_stages=True, stored=stored, on_stage=on_stage)

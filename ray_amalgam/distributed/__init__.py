@@ -11,6 +11,9 @@ _EXPORTS = {
     "connect": "resources",
     "plan_resources": "resources",
     "run_job": "runner",
+    "Store": "store",
+    "load_store_targets": "store",
+    "target_columns": "store",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,10 +22,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import ray
 import ray.data
 
-from ray_amalgam.amalgamation import AmalgamationPlan, hint_key, logits_key
+from ray_amalgam.amalgamation import AmalgamationPlan, StoredTargets, hint_key, logits_key
 from ray_amalgam.distributed.data_tasks import join_teacher_stores, store_column, write_teacher_outputs
 from ray_amalgam.distributed.pipeline import TeacherPools
 from ray_amalgam.distributed.resources import ResourcePlan
@@ -50,6 +51,7 @@ STORE_FORMAT_VERSION = 2
 MANIFEST = "store.json"
 PREPROCESSING = "decode=PIL-RGB;normalize=teacher-mean-std;augment=none"
 """Changes to how teachers see pixels must change this string (and so every store key)."""
+LOAD_BATCH_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -231,9 +233,9 @@ def store_hint_channels(store: Store) -> dict[str, dict[int, tuple[int, ...]]]:
     return store.hint_channels
 
 
-def read_store(store: Store, columns: list[str], resources: ResourcePlan, batch_size: int = 256) -> ray.data.Dataset:
-    """`columns` (`id`, `image`, data columns and the job's teacher-output columns), a lazily
-    read Ray Dataset: each shard's rows joined by id with the same rows of every teacher store."""
+def _store_reads(store: Store, columns: list[str]) -> tuple[list[str], dict[str, str], dict[str, dict[str, str]]]:
+    """How to read `columns`: (the data shards' own columns, id first; the teacher stores to open;
+    per store, its column -> the job's column)."""
     wanted: dict[str, dict[str, str]] = {name: {} for name in store.teachers}
     base = []
     for column in columns:
@@ -245,9 +247,30 @@ def read_store(store: Store, columns: list[str], resources: ResourcePlan, batch_
     if ID not in base:
         base.insert(0, ID)
     stores = {name: url for name, url in store.teachers.items() if wanted[name]}
+    return base, stores, {n: wanted[n] for n in stores}
+
+
+def read_store(store: Store, columns: list[str], resources: ResourcePlan, batch_size: int = 256) -> ray.data.Dataset:
+    """`columns` (`id`, `image`, data columns and the job's teacher-output columns), a lazily
+    read Ray Dataset: each shard's rows joined by id with the same rows of every teacher store."""
+    base, stores, wanted = _store_reads(store, columns)
     indices = ray.data.from_items([{"index": i} for i in range(len(store.shards))], override_num_blocks=len(store.shards))
     return indices.map_batches(
         join_teacher_stores, batch_size=1, batch_format="numpy", num_cpus=resources.data_task_cpus,
-        fn_kwargs={"shards": list(store.shards), "base_columns": base, "stores": stores,
-                   "columns": {n: wanted[n] for n in stores}, "batch_size": batch_size},
+        fn_kwargs={"shards": list(store.shards), "base_columns": base, "stores": stores, "columns": wanted, "batch_size": batch_size},
     ).select_columns(columns)
+
+
+def load_store_targets(store: Store, columns: list[str]) -> StoredTargets:
+    """Every row's id and teacher-output `columns`, read whole into this process: for a job that
+    trains in one process (a sweep trial with one CPU worker), without a Ray Data pipeline."""
+    base, stores, wanted = _store_reads(store, columns)
+    ids: list[np.ndarray] = []
+    values: dict[str, list[np.ndarray]] = {column: [] for column in columns}
+    every_shard = {"index": np.arange(len(store.shards))}
+    for table in join_teacher_stores(every_shard, list(store.shards), base, stores, wanted, batch_size=LOAD_BATCH_ROWS):
+        ids.append(table.column(ID).to_numpy(zero_copy_only=False))
+        for column in columns:
+            # Per chunk: multi-dimensional outputs are Ray's tensor extension arrays.
+            values[column] += [chunk.to_numpy(zero_copy_only=False) for chunk in table.column(column).chunks]
+    return np.concatenate(ids), {column: np.concatenate(parts) for column, parts in values.items()}

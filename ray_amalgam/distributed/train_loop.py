@@ -23,7 +23,7 @@ import ray.train.torch
 import safetensors.torch
 import torch
 
-from ray_amalgam.amalgamation import AmalgamationPlan, Amalgamator, steps_per_epoch
+from ray_amalgam.amalgamation import AmalgamationPlan, Amalgamator, stage_metrics, steps_per_epoch
 from ray_amalgam.amalgamation.validation import load_teachers
 from ray_amalgam.distributed.collectives import sum_across_workers, sum_digests_across_workers
 from ray_amalgam.distributed.pipeline import id_digest
@@ -227,7 +227,7 @@ def train_loop(config: dict[str, Any]) -> None:
             fidelity, samples = {}, 0
         record = engine.finish_stage(stage, fidelity, samples)
         history["records"].append(record)
-        metrics = {"stage": stage, "stage_index": index, "stages": len(stages), **{f"fidelity/{t}": v for t, v in fidelity.items()}}
+        metrics = stage_metrics(stage, index, len(stages), fidelity)
         reporter.send({"kind": "stage_done", "stage": stage, "stage_index": index, "stages": len(stages), "train_workers": world, "fidelity": fidelity}, force=True)
         # This report's own duration lands in the next stage's checkpoint (the driver times the last).
         with tempfile.TemporaryDirectory() as directory, timeline.span("report", stage):

@@ -206,7 +206,7 @@ class SweepSpec(_Strict):
     max_concurrent_trials: int | None = Field(None, ge=1)
     """Default: as many as the cluster can place at once."""
     max_failures: int = Field(1, ge=0)
-    """Retries of a failed trial (it continues from its last stage checkpoint)."""
+    """Retries of a failed trial (a Ray Train trial continues from its last stage checkpoint)."""
 
     @field_validator("metric", mode="before")
     @classmethod

@@ -35,8 +35,8 @@ def final_score(metric: MetricSpec, fidelity: Mapping[str, float], params: int, 
     return value, value - metric.size_penalty * params / max(teacher_params, 1)
 
 
-class StageScoreCallback(TuneReportCallback):
-    """Ray Train's per-stage reports, forwarded to Tune with the trial's `score` added.
+class StageScorer:
+    """Adds the trial's `score` to each stage report.
 
     A stage that trained nothing (every task left the trunk) measures no fidelity: the last
     score stands, so a scheduler always has one to compare. The size penalty is not applied
@@ -44,13 +44,22 @@ class StageScoreCallback(TuneReportCallback):
     """
 
     def __init__(self, metric: MetricSpec) -> None:
-        super().__init__()
         self._metric = metric
         self._last: float | None = None
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        fidelity = {k.removeprefix(FIDELITY_PREFIX): v for k, v in metrics[0].items() if k.startswith(FIDELITY_PREFIX)}
+    def scored(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        fidelity = {k.removeprefix(FIDELITY_PREFIX): v for k, v in metrics.items() if k.startswith(FIDELITY_PREFIX)}
         value = quality(self._metric, fidelity)
         self._last = value if value is not None else self._last
-        scored = {**metrics[0], **({SCORE: self._last, QUALITY: self._last} if self._last is not None else {})}
-        super().after_report(run_context, [scored, *metrics[1:]], checkpoint)
+        return {**metrics, **({SCORE: self._last, QUALITY: self._last} if self._last is not None else {})}
+
+
+class StageScoreCallback(TuneReportCallback):
+    """Ray Train's per-stage reports, forwarded to Tune with the trial's `score` added."""
+
+    def __init__(self, metric: MetricSpec) -> None:
+        super().__init__()
+        self._scorer = StageScorer(metric)
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        super().after_report(run_context, [self._scorer.scored(metrics[0]), *metrics[1:]], checkpoint)

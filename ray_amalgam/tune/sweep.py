@@ -26,7 +26,7 @@ from ray_amalgam.io.fs import atomic_write_text, exists, join, read_text, resolv
 from ray_amalgam.models import create_backbone
 from ray_amalgam.spec import BadInputError, JobSpec, load_spec_text
 from ray_amalgam.spec.sweep import SweepSpec
-from ray_amalgam.tune.capacity import max_concurrent_trials, trial_bundles
+from ray_amalgam.tune.capacity import TrialRun, max_concurrent_trials, trial_bundles, trial_run
 from ray_amalgam.tune.progress import SweepProgress
 from ray_amalgam.tune.results import FINISHED_STATUS, pareto_front, ranked, write_report
 from ray_amalgam.tune.score import QUALITY, SCORE
@@ -116,7 +116,7 @@ def _tuner(
     spec: SweepSpec, setup: TrialSetup, plan: AmalgamationPlan, trial_plan: ResourcePlan, concurrency: int, resume: bool,
 ) -> tuple[tune.Tuner, int]:
     space = param_space(spec)
-    bundles = trial_bundles(trial_plan, runs_teachers=setup.shared_store is None)
+    bundles = trial_bundles(trial_plan, setup.run)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), bundles)
     fs, path = resolve(setup.output)
     storage = arrow_filesystem(fs)
@@ -206,13 +206,18 @@ def run_sweep(spec: SweepSpec, source: str = "sweep", address: str | None = None
     resources = _in_base(source, lambda: connect(union, len(plan.teachers), address))
     # As a trial asks for them (see trial.IN_CLUSTER).
     trial_plan = plan_resources(base, len(plan.teachers), local=False)
-    fits = max_concurrent_trials(trial_plan, runs_teachers=base.teacher_outputs != "store", totals=ray.cluster_resources())
+    run: TrialRun = trial_run(base, trial_plan, has_store=base.teacher_outputs == "store")
+    fits = max_concurrent_trials(trial_plan, run, totals=ray.cluster_resources())
     concurrency = spec.max_concurrent_trials or fits
     configure_ray_data(union, plan)
     store, store_passes = _teacher_store(union, plan, resources, output, resume)
     # Trials read the store; none of them built it.
-    setup = TrialSetup(base, output, spec.metric, store and dataclasses.replace(store, rebuilt=False), source)
+    setup = TrialSetup(base, output, spec.metric, store and dataclasses.replace(store, rebuilt=False), source, run,
+                       threads=max(1, int(trial_plan.worker_cpus)))
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_PERIOD_S)
+    # Tune's newer console output prints its experiment box and paths even at verbose=0; the
+    # older one is silent there. The sweep's own live table is the progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tuner, expected = _tuner(spec, setup, plan, trial_plan, concurrency, resume)
     results = tuner.fit()
     rows = [_trial_row(result, base, output) for result in results]
@@ -232,6 +237,7 @@ def run_sweep(spec: SweepSpec, source: str = "sweep", address: str | None = None
         "store": store.url if store else None,
         "store_passes": store_passes,
         "teacher_passes_per_sample": store_passes + sum(r.get("teacher_passes") or 0.0 for r in finished),
+        "trial_run": run,
         "max_concurrent_trials": concurrency,
         "resumed": resume,
         "seconds": round(time.perf_counter() - started, 2),

@@ -1,5 +1,7 @@
-"""One trial: a Tune function trainable that runs the trial's job (`run_job`, one Ray Train run)
-and forwards its per-stage reports to Tune, then reports the finished student's numbers."""
+"""One trial: a Tune function trainable that runs the trial's job and forwards its per-stage
+reports to Tune, then reports the finished student's numbers. The job is one Ray Train run
+(`run_job`), or, for a one-CPU-worker job reading the sweep's store, trained in the trial's own
+process (`amalgamate_local` on the stored targets)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from ray import tune
 
-from ray_amalgam.distributed.runner import run_job
-from ray_amalgam.distributed.store import Store
+from ray_amalgam.amalgamation import amalgamate_local, validate_job
+from ray_amalgam.distributed import Store, load_store_targets, run_job, target_columns
 from ray_amalgam.io.fs import join
 from ray_amalgam.spec import JobSpec
 from ray_amalgam.spec.sweep import FIDELITY_PREFIX, MetricSpec
-from ray_amalgam.tune.score import QUALITY, SCORE, StageScoreCallback, final_score
+from ray_amalgam.tune.capacity import TrialRun
+from ray_amalgam.tune.score import QUALITY, SCORE, StageScoreCallback, StageScorer, final_score
 from ray_amalgam.tune.space import trial_job
 
 TRIALS_DIR = "trials"
@@ -35,6 +39,9 @@ class TrialSetup:
     metric: MetricSpec
     shared_store: Store | None
     source: str
+    run: TrialRun
+    threads: int
+    """Torch threads of an in-process trial: the CPUs its bundle holds."""
 
 
 def trial_output(sweep_output: str, trial_id: str) -> str:
@@ -55,6 +62,8 @@ class TeacherWatch:
 def teacher_passes(report: dict[str, Any]) -> float:
     """Teacher forward passes per training sample the trial's own job ran: none when it read a
     store it did not build; in stream mode, one per epoch of every trained stage."""
+    if "targets" in report:  # trained in process
+        return 0.0 if report["targets"] == "stored" else 1.0
     if report["mode"] == "store":
         return 1.0 if report.get("store_rebuilt") else 0.0
     return float(sum(stage["epochs"] for stage in report["stages"]))
@@ -84,14 +93,28 @@ def finished_metrics(report: dict[str, Any], metric: MetricSpec, teacher_batches
     }
 
 
+def _train_in_trial(job: JobSpec, setup: TrialSetup, source: str) -> dict[str, Any]:
+    """The job trained here, on the targets the sweep's store holds for its tasks."""
+    assert setup.shared_store is not None
+    torch.set_num_threads(setup.threads)
+    stored = load_store_targets(setup.shared_store, target_columns(validate_job(job, source)))
+    scorer = StageScorer(setup.metric)
+    return amalgamate_local(job, source=source, stored=stored, on_stage=lambda metrics: tune.report(scorer.scored(metrics)))
+
+
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Tune function trainable. A retried or restored trial resumes its job after the last
-    finished stage (its stage checkpoints are in the trial's own output)."""
+    """Tune function trainable. A retried or restored Ray Train trial resumes its job after the
+    last finished stage (its stage checkpoints are in the trial's own output); an in-process trial
+    starts again."""
     trial_id = tune.get_context().get_trial_id()
     job = trial_job(setup.base, config, trial_output(setup.output, trial_id))
+    source = f"{setup.source} (trial {trial_id})"
     watch = TeacherWatch()
-    report = run_job(
-        job, source=f"{setup.source} (trial {trial_id})", address=IN_CLUSTER, resume=True, progress_callback=watch,
-        shared_store=setup.shared_store, train_callbacks=[StageScoreCallback(setup.metric)],
-    )
+    if setup.run == "in_process":
+        report = _train_in_trial(job, setup, source)
+    else:
+        report = run_job(
+            job, source=source, address=IN_CLUSTER, resume=True, progress_callback=watch,
+            shared_store=setup.shared_store, train_callbacks=[StageScoreCallback(setup.metric)],
+        )
     tune.report(finished_metrics(report, setup.metric, watch.batches))

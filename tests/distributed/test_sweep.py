@@ -73,7 +73,7 @@ def test_killed_sweep_resumes_with_one_teacher_pass(ray_cluster, pool, tmp_path,
 
     code, summary, _ = _run_cli(["sweep", str(spec), "--resume", "--json"], capsys)
     assert code == 0, summary
-    assert summary["trials"] == summary["finished"] == 4
+    assert summary["trials"] == summary["finished"] == 4 and summary["trial_run"] == "in_process"
     assert first_report.stat().st_mtime_ns == written, "a finished trial ran again"
     assert summary["store_passes"] == 1 and summary["teacher_passes_per_sample"] == 1
     rows = pq.read_table(out / "trials.parquet").to_pylist()
@@ -108,6 +108,24 @@ def test_asha_stops_a_diverging_trial_early(ray_cluster, pool, tmp_path, capsys)
     assert rows[3e-3]["status"] == "finished"
     assert rows[1e6]["status"] == "stopped" and rows[1e6]["stage"] != "finetune"
     assert rows[1e6].get("student") is None and not (out / "trials" / rows[1e6]["trial_id"] / "student").exists()
+
+
+@pytest.mark.timeout(420)
+def test_a_two_worker_trial_trains_on_ray_train_from_the_shared_store(ray_cluster, pool, tmp_path, capsys):
+    """One-CPU-worker trials train in their own process (the tests above); a trial of two workers
+    is a Ray Train run that reads the sweep's store and runs no teacher."""
+    out = tmp_path / "sweep"
+    spec = _write_sweep(tmp_path / "sweep.yaml", pool, out, searcher="grid", scheduler="fifo", axes={"tasks": [["shape"]]})
+    job = yaml.safe_load(spec.read_text())
+    job["base"]["resources"]["num_workers"] = 2
+    spec.write_text(yaml.safe_dump(job))
+    code, summary, _ = _run_cli(["sweep", str(spec), "--json"], capsys)
+    assert code == 0, summary
+    assert summary["trial_run"] == "store" and summary["finished"] == 1 and summary["teacher_passes_per_sample"] == 1
+    [row] = pq.read_table(out / "trials.parquet").to_pylist()
+    assert row["teacher_batches"] == 0 and row["teacher_passes"] == 0
+    report = json.loads((out / "trials" / row["trial_id"] / "report.json").read_text())
+    assert report["train_workers"] == 2 and report["all_epochs_ids_exact"]
 
 
 @pytest.mark.timeout(420)

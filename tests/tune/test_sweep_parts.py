@@ -7,7 +7,7 @@ import pytest
 from ray_amalgam.distributed.resources import ResourcePlan
 from ray_amalgam.spec import BadInputError, JobSpec
 from ray_amalgam.spec.sweep import MetricSpec, SweepSpec
-from ray_amalgam.tune.capacity import max_concurrent_trials
+from ray_amalgam.tune.capacity import max_concurrent_trials, trial_bundles, trial_run
 from ray_amalgam.tune.results import pareto_front
 from ray_amalgam.tune.score import final_score, quality
 from ray_amalgam.tune.space import param_space, trial_job, union_tasks
@@ -48,11 +48,25 @@ def _plan(worker_cpus: float, worker_gpus: float = 0.0) -> ResourcePlan:
 
 
 def test_concurrency_follows_the_cluster():
-    assert max_concurrent_trials(_plan(1.0), runs_teachers=False, totals={"CPU": 4.0}) == 2
-    assert max_concurrent_trials(_plan(1.0), runs_teachers=True, totals={"CPU": 4.0}) == 1
-    assert max_concurrent_trials(_plan(2.0, 1.0), runs_teachers=False, totals={"CPU": 64.0, "GPU": 3.0}) == 3
+    assert max_concurrent_trials(_plan(1.0), "store", totals={"CPU": 4.0}) == 2
+    assert max_concurrent_trials(_plan(1.0), "teachers", totals={"CPU": 4.0}) == 1
+    assert max_concurrent_trials(_plan(2.0, 1.0), "store", totals={"CPU": 64.0, "GPU": 3.0}) == 3
+    # In process: the trial is its one worker, and starts no data task.
+    assert max_concurrent_trials(_plan(1.0), "in_process", totals={"CPU": 4.0}) == 4
+    assert trial_bundles(_plan(1.0), "in_process").bundles == [{"CPU": 1.0}]
     with pytest.raises(BadInputError, match="no trial could ever start"):
-        max_concurrent_trials(_plan(4.0), runs_teachers=False, totals={"CPU": 4.0})
+        max_concurrent_trials(_plan(4.0), "store", totals={"CPU": 4.0})
+
+
+def test_a_trial_trains_in_process_only_from_the_store_on_one_cpu_worker():
+    base = JobSpec.model_validate(BASE)
+    assert trial_run(base, _plan(1.0), has_store=True) == "in_process"
+    assert trial_run(base, _plan(1.0), has_store=False) == "teachers"
+    assert trial_run(base, _plan(1.0, 0.5), has_store=True) == "store"  # a GPU worker keeps Ray Train's device handling
+    two = ResourcePlan(**{**_plan(1.0).__dict__, "train_workers": 2})
+    assert trial_run(base, two, has_store=True) == "store"
+    hinted = base.model_copy(update={"hint": base.hint.model_copy(update={"enabled": True})})
+    assert trial_run(hinted, _plan(1.0), has_store=True) == "store"
 
 
 def test_pareto_front_keeps_only_undominated_finished_trials():
