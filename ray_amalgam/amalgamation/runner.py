@@ -17,7 +17,7 @@ import torch
 from rich.progress import Progress, TaskID
 from torch import Tensor
 
-from ray_amalgam.amalgamation.engine import FINETUNE, Amalgamator, student_normalization
+from ray_amalgam.amalgamation.engine import Amalgamator, student_normalization
 from ray_amalgam.amalgamation.filtering import rank_hint_channels
 from ray_amalgam.amalgamation.losses import least_ambiguous
 from ray_amalgam.amalgamation.metrics import (
@@ -35,10 +35,9 @@ from ray_amalgam.amalgamation.supervised import LabelledData, load_labelled
 from ray_amalgam.amalgamation.targets import teacher_outputs
 from ray_amalgam.amalgamation.validation import load_pool, write_job_record
 from ray_amalgam.io.checkpoints import checkpoint_hash
-from ray_amalgam.io.shards import holdout_mask
 from ray_amalgam.io.fs import atomic_write_text, join
 from ray_amalgam.io.images import to_tensor
-from ray_amalgam.io.shards import read_dataset_meta
+from ray_amalgam.io.shards import holdout_mask, read_dataset_meta
 from ray_amalgam.models import (
     MultiTaskNet,
     TargetNet,
@@ -186,7 +185,7 @@ def save_and_evaluate(
         "student": {"checkpoint": student_url, "arch": plan.student.arch, "width": plan.student.width,
                     **model_costs({"student": student}, plan.input_size)},
         "teachers": {"names": list(plan.teachers), **model_costs(teachers, plan.input_size)},
-        "eval_samples": int(len(eval_data.ids)),
+        "eval_samples": len(eval_data.ids),
         **({"teacher_selection": plan.selection} if plan.selection else {}),
     }
 
@@ -278,7 +277,7 @@ def train_in_process(
         "targets": "stored" if stored is not None else "computed",
         "stages": records,
         **save_and_evaluate(engine, teachers, job, device),
-        "train_samples": int(len(fit_rows)),
+        "train_samples": len(fit_rows),
         "schedule": job.schedule.model_dump(mode="json"),
         "seconds": round(time.perf_counter() - started, 1),
     }

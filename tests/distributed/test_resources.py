@@ -11,8 +11,8 @@ import pytest
 from ray_amalgam.distributed.resources import (
     GPU_WORKER_CPUS,
     check_cluster,
-    check_placement,
     check_local_machine,
+    check_placement,
     check_reachable,
     leave_replaceable_working_dir,
     physical_cpus,
