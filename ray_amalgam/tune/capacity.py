@@ -18,14 +18,21 @@ TrialRun = Literal["teachers", "store", "in_process"]
 the sweep's store, or in the trial's own process from the store read whole."""
 
 
-def trial_run(job: JobSpec, plan: ResourcePlan, has_store: bool) -> TrialRun:
-    """In process when the trial would train on one CPU worker from the store without hints: a
-    Ray Train worker group and a Ray Data pipeline then cost more to start (tens of seconds on a
-    small machine) than a small trial takes to train, and they add nothing one process lacks."""
+IN_PROCESS_BYTES = 2 * 2**30
+"""The most decoded training data (pixels and targets) a trial holds whole in its own process;
+more streams through Ray Train and Ray Data."""
+
+
+def trial_run(job: JobSpec, plan: ResourcePlan, has_store: bool, data_bytes: int | None) -> TrialRun:
+    """In process when the trial would train on one CPU worker from the store without hints, on
+    data (`data_bytes` decoded; None: unknown) that fits in memory: a Ray Train worker group and a
+    Ray Data pipeline then cost more to start (tens of seconds on a small machine) than a small
+    trial takes to train, and they add nothing one process lacks."""
     if not has_store:
         return "teachers"
     one_cpu_worker = plan.train_workers == 1 and plan.worker_gpus == 0
-    return "in_process" if one_cpu_worker and not job.hint.enabled else "store"
+    fits = data_bytes is not None and data_bytes <= IN_PROCESS_BYTES
+    return "in_process" if one_cpu_worker and fits and not job.hint.enabled else "store"
 
 
 def trial_cpus(plan: ResourcePlan, run: TrialRun) -> float:

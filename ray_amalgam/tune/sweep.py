@@ -20,9 +20,10 @@ from ray_amalgam.amalgamation import AmalgamationPlan, resolve_pool_job
 from ray_amalgam.amalgamation.validation import validate_job, with_absolute_paths
 from ray_amalgam.distributed.pipeline import arrow_filesystem
 from ray_amalgam.distributed.resources import ResourcePlan, connect, plan_resources
-from ray_amalgam.distributed.runner import STORE_DIR, TRAIN_STORAGE, configure_ray_data, with_hints
+from ray_amalgam.distributed.runner import STORE_DIR, TRAIN_STORAGE, configure_ray_data, decoded_row_bytes, with_hints
 from ray_amalgam.distributed.store import Store, ensure_store
 from ray_amalgam.io.fs import atomic_write_text, exists, join, read_text, resolve
+from ray_amalgam.io.shards import read_dataset_meta
 from ray_amalgam.models import create_backbone
 from ray_amalgam.spec import BadInputError, JobSpec, load_spec_text
 from ray_amalgam.spec.sweep import SweepSpec
@@ -206,7 +207,9 @@ def run_sweep(spec: SweepSpec, source: str = "sweep", address: str | None = None
     resources = _in_base(source, lambda: connect(union, len(plan.teachers), address))
     # As a trial asks for them (see trial.IN_CLUSTER).
     trial_plan = plan_resources(base, len(plan.teachers), local=False)
-    run: TrialRun = trial_run(base, trial_plan, has_store=base.teacher_outputs == "store")
+    rows = read_dataset_meta(base.data.train).num_rows
+    run: TrialRun = trial_run(base, trial_plan, has_store=base.teacher_outputs == "store",
+                              data_bytes=None if rows is None else rows * decoded_row_bytes(plan))
     fits = max_concurrent_trials(trial_plan, run, totals=ray.cluster_resources())
     concurrency = spec.max_concurrent_trials or fits
     configure_ray_data(union, plan)

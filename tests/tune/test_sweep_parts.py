@@ -7,7 +7,7 @@ import pytest
 from ray_amalgam.distributed.resources import ResourcePlan
 from ray_amalgam.spec import BadInputError, JobSpec
 from ray_amalgam.spec.sweep import MetricSpec, SweepSpec
-from ray_amalgam.tune.capacity import max_concurrent_trials, trial_bundles, trial_run
+from ray_amalgam.tune.capacity import IN_PROCESS_BYTES, max_concurrent_trials, trial_bundles, trial_run
 from ray_amalgam.tune.results import pareto_front
 from ray_amalgam.tune.score import final_score, quality
 from ray_amalgam.tune.space import param_space, trial_job, union_tasks
@@ -58,15 +58,17 @@ def test_concurrency_follows_the_cluster():
         max_concurrent_trials(_plan(4.0), "store", totals={"CPU": 4.0})
 
 
-def test_a_trial_trains_in_process_only_from_the_store_on_one_cpu_worker():
-    base = JobSpec.model_validate(BASE)
-    assert trial_run(base, _plan(1.0), has_store=True) == "in_process"
-    assert trial_run(base, _plan(1.0), has_store=False) == "teachers"
-    assert trial_run(base, _plan(1.0, 0.5), has_store=True) == "store"  # a GPU worker keeps Ray Train's device handling
+def test_a_trial_trains_in_process_only_from_the_store_on_one_cpu_worker_with_data_that_fits():
+    base, small = JobSpec.model_validate(BASE), 2**20
+    assert trial_run(base, _plan(1.0), has_store=True, data_bytes=small) == "in_process"
+    assert trial_run(base, _plan(1.0), has_store=False, data_bytes=small) == "teachers"
+    assert trial_run(base, _plan(1.0, 0.5), has_store=True, data_bytes=small) == "store"  # a GPU worker keeps Ray Train's device handling
     two = ResourcePlan(**{**_plan(1.0).__dict__, "train_workers": 2})
-    assert trial_run(base, two, has_store=True) == "store"
+    assert trial_run(base, two, has_store=True, data_bytes=small) == "store"
     hinted = base.model_copy(update={"hint": base.hint.model_copy(update={"enabled": True})})
-    assert trial_run(hinted, _plan(1.0), has_store=True) == "store"
+    assert trial_run(hinted, _plan(1.0), has_store=True, data_bytes=small) == "store"
+    assert trial_run(base, _plan(1.0), has_store=True, data_bytes=IN_PROCESS_BYTES + 1) == "store"  # streams instead
+    assert trial_run(base, _plan(1.0), has_store=True, data_bytes=None) == "store"  # size unknown
 
 
 def test_pareto_front_keeps_only_undominated_finished_trials():
