@@ -86,7 +86,8 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 
 
 def pareto_png(rows: list[dict[str, Any]]) -> bytes:
-    """Quality vs params of the finished trials, the front drawn as a line and labelled."""
+    """Quality vs params of the finished trials, each labelled by task subset and width; the
+    front drawn as a line."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
@@ -99,9 +100,9 @@ def pareto_png(rows: list[dict[str, Any]]) -> bytes:
     axes.scatter([r["params"] / 1e6 for r in others], [r["quality"] for r in others], color="0.6", label="trial")
     best = sorted((r for r in done if r["trial_id"] in front), key=lambda r: r["params"])
     axes.plot([r["params"] / 1e6 for r in best], [r["quality"] for r in best], "o-", color="tab:red", label="Pareto front")
-    for r in best:
+    for r in done:
         axes.annotate(f"{r['tasks']} x{r['width']:g}", (r["params"] / 1e6, r["quality"]), fontsize=7,
-                      textcoords="offset points", xytext=(4, 4))
+                      textcoords="offset points", xytext=(4, 4), color="tab:red" if r["trial_id"] in front else "0.3")
     axes.set_xlabel("student params (M)")
     axes.set_ylabel("quality")
     axes.set_title("sweep: quality vs size")
