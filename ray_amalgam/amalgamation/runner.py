@@ -47,6 +47,8 @@ from ray_amalgam.spec import BadInputError, JobSpec
 
 StoredTargets = tuple[np.ndarray, Mapping[str, np.ndarray]]
 """(row ids, teacher-output column -> values in the ids' order): targets computed elsewhere."""
+TargetReader = Callable[[AmalgamationPlan], StoredTargets]
+"""Reads the stored targets of the columns a plan needs."""
 StageReport = Callable[[dict[str, Any]], None]
 """Called with `stage_metrics` after each stage."""
 
@@ -230,7 +232,7 @@ def report_tables(report: dict[str, Any]) -> list[str]:
 
 def train_in_process(
     job: JobSpec, progress: Progress | None, source: str, block_stages: bool,
-    stored: StoredTargets | None = None, on_stage: StageReport | None = None,
+    stored: TargetReader | None = None, on_stage: StageReport | None = None,
 ) -> dict[str, Any]:
     """The shared local pipeline of `amalgamate_local` and `kd_baseline` (`block_stages=False`)."""
     started = time.perf_counter()
@@ -244,7 +246,7 @@ def train_in_process(
     if stored is not None:
         if job.hint.enabled:  # the store's hint channels were ranked on other rows
             raise BadInputError(f"{source}: hint.enabled: stored targets are read only without hints")
-        targets = aligned_targets(train.ids, stored, source)
+        targets = aligned_targets(train.ids, stored(plan), source)
     else:
         if job.hint.enabled:
             calibration = train.images[: job.hint.calibration_samples]
@@ -288,9 +290,9 @@ def train_in_process(
 
 def amalgamate_local(
     job: JobSpec, progress: Progress | None = None, source: str = "job",
-    stored: StoredTargets | None = None, on_stage: StageReport | None = None,
+    stored: TargetReader | None = None, on_stage: StageReport | None = None,
 ) -> dict[str, Any]:
     """Run the job in this process; writes `<output>/student` and `<output>/report.{json,md}` and
-    returns the report (JSON-able). `stored`: the training rows' teacher targets, read from a
-    store instead of running the teachers. `on_stage`: called with each stage's metrics."""
+    returns the report (JSON-able). `stored(plan)`: the training rows' teacher targets, read from
+    a store instead of running the teachers. `on_stage`: called with each stage's metrics."""
     return train_in_process(job, progress, source, block_stages=True, stored=stored, on_stage=on_stage)

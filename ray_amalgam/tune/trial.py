@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from ray_amalgam.amalgamation import amalgamate_local, validate_job
+from ray_amalgam.amalgamation import amalgamate_local
 from ray_amalgam.distributed import Store, load_store_targets, run_job, target_columns
 from ray_amalgam.io.fs import join
 from ray_amalgam.spec import JobSpec
@@ -97,9 +97,9 @@ def _train_in_trial(job: JobSpec, setup: TrialSetup, source: str) -> dict[str, A
     """The job trained here, on the targets the sweep's store holds for its tasks."""
     assert setup.shared_store is not None
     torch.set_num_threads(setup.threads)
-    stored = load_store_targets(setup.shared_store, target_columns(validate_job(job, source)))
-    scorer = StageScorer(setup.metric)
-    return amalgamate_local(job, source=source, stored=stored, on_stage=lambda metrics: tune.report(scorer.scored(metrics)))
+    store, scorer = setup.shared_store, StageScorer(setup.metric)
+    return amalgamate_local(job, source=source, stored=lambda plan: load_store_targets(store, target_columns(plan)),
+                            on_stage=lambda metrics: tune.report(scorer.scored(metrics)))
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
