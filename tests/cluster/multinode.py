@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-
 def _ray_executable() -> str:
     candidate = Path(sys.executable).parent / "ray"
     return str(candidate) if candidate.exists() else shutil.which("ray") or "ray"
@@ -85,12 +84,19 @@ class MultiNodeCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+class NodeStartError(RuntimeError):
+    """A `ray start` exited: most often a port chosen free was taken before Ray bound it."""
+
+
+START_ATTEMPTS = 3
+
+
 def _wait_for(predicate, what: str, timeout: float, processes: list[subprocess.Popen]) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         for process in processes:
             if process.poll() is not None:
-                raise RuntimeError(f"{what}: `ray start` exited with {process.returncode}")
+                raise NodeStartError(f"{what}: `ray start` exited with {process.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not ready after {timeout:.0f} s")
         time.sleep(0.5)
@@ -111,7 +117,22 @@ def start_cluster(
     head_cpus: float, head_resources: dict[str, float], worker_cpus: float, worker_resources: dict[str, float],
     extra_env: dict[str, str] | None = None, object_store_bytes: int = 150 * 2**20, timeout: float = 120,
 ) -> MultiNodeCluster:
-    """Start the head, then the worker node; return once both are alive in the dashboard."""
+    """Start the head, then the worker node; return once both are alive in the dashboard. A node
+    whose `ray start` exits is tried again on fresh ports (a whole new cluster), at most
+    START_ATTEMPTS times; the last failure carries the end of Ray's start log."""
+    arguments = (head_cpus, head_resources, worker_cpus, worker_resources, extra_env, object_store_bytes, timeout)
+    for _ in range(START_ATTEMPTS - 1):
+        try:
+            return _start_once(*arguments)
+        except NodeStartError:
+            continue
+    return _start_once(*arguments)
+
+
+def _start_once(
+    head_cpus: float, head_resources: dict[str, float], worker_cpus: float, worker_resources: dict[str, float],
+    extra_env: dict[str, str] | None, object_store_bytes: int, timeout: float,
+) -> MultiNodeCluster:
     temp_dir = tempfile.mkdtemp(prefix="ra_mn_", dir="/tmp")  # short: Ray's unix sockets live under it
     token = uuid.uuid4().hex + uuid.uuid4().hex
     # Entry points run with the nodes' environment: this interpreter's scripts come first on PATH.
@@ -134,6 +155,11 @@ def start_cluster(
         _wait_for(lambda: _nodes_alive(url, token) >= 1, "the head node", timeout, cluster.processes)
         cluster.processes.append(subprocess.Popen(worker, env=env, stdout=log, stderr=log, start_new_session=True))
         _wait_for(lambda: _nodes_alive(url, token) >= 2, "the worker node", timeout, cluster.processes)
+    except NodeStartError as error:
+        log.flush()
+        tail = Path(temp_dir, "ray_start.log").read_text(errors="replace")[-2000:]
+        cluster.stop()
+        raise NodeStartError(f"{error}; ray start's log ends:\n{tail}") from None
     except BaseException:
         cluster.stop()
         raise
