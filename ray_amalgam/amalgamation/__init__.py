@@ -56,7 +56,7 @@ from ray_amalgam.amalgamation.runner import (
 )
 from ray_amalgam.amalgamation.schedule import concrete_schedule, stage_lr_scheduler, steps_per_epoch
 from ray_amalgam.amalgamation.student import STUDENT_META, load_student, predict, save_student
-from ray_amalgam.amalgamation.targets import teacher_outputs
+from ray_amalgam.amalgamation.targets import TeacherRunner, teacher_outputs
 from ray_amalgam.amalgamation.validation import (
     load_pool,
     load_teacher_model,
@@ -76,6 +76,7 @@ __all__ = [
     "PoolSelection",
     "StageNet",
     "StoredTargets",
+    "TeacherRunner",
     "amalgamate_local",
     "auto_branch_points",
     "average_precision",

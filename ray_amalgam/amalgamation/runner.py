@@ -32,7 +32,7 @@ from ray_amalgam.amalgamation.plan import AmalgamationPlan
 from ray_amalgam.amalgamation.schedule import concrete_schedule, steps_per_epoch
 from ray_amalgam.amalgamation.student import save_student
 from ray_amalgam.amalgamation.supervised import LabelledData, load_labelled
-from ray_amalgam.amalgamation.targets import teacher_outputs
+from ray_amalgam.amalgamation.targets import TeacherRunner
 from ray_amalgam.amalgamation.validation import load_pool, write_job_record
 from ray_amalgam.io.checkpoints import checkpoint_hash
 from ray_amalgam.io.fs import atomic_write_text, join
@@ -61,15 +61,13 @@ def compute_targets(
     plan: AmalgamationPlan, teachers: Mapping[str, MultiTaskNet], images: np.ndarray, device: torch.device
 ) -> dict[str, Tensor]:
     """Every teacher's filtered outputs for uint8 (N, H, W, 3) images, on the CPU, keyed as in batches."""
-    chunks: dict[str, list[Tensor]] = {}
+    chunks: dict[str, list[np.ndarray]] = {}
     for name, teacher in teachers.items():
-        meta = plan.teachers[name]
-        teacher.to(device)
+        runner = TeacherRunner(name, teacher, plan, device)
         for start in range(0, len(images), EVAL_BATCH):
-            x = to_tensor(images[start : start + EVAL_BATCH], meta.mean, meta.std).to(device)
-            for key, value in teacher_outputs(teacher, name, x, plan).items():
-                chunks.setdefault(key, []).append(value.cpu())
-    return {key: torch.cat(values) for key, values in chunks.items()}
+            for key, value in runner.outputs(images[start : start + EVAL_BATCH]).items():
+                chunks.setdefault(key, []).append(value)
+    return {key: torch.from_numpy(np.concatenate(values)) for key, values in chunks.items()}
 
 
 def stage_metrics(stage: str, index: int, stages: int, fidelity: Mapping[str, float]) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ray_amalgam.amalgamation.plan import AmalgamationPlan, hint_key, logits_key
+from ray_amalgam.io.images import to_tensor
 from ray_amalgam.models import MultiTaskNet
 
 
@@ -27,3 +29,27 @@ def teacher_outputs(teacher: MultiTaskNet, name: str, images: Tensor, plan: Amal
         index = torch.as_tensor(channels, device=images.device)
         out[hint_key(name, block)] = features[block - 1].index_select(1, index).half()
     return out
+
+
+class TeacherRunner:
+    """One frozen teacher on a device: uint8 (N, H, W, 3) pixels in, its filtered outputs out as
+    numpy arrays. The same code runs in a teacher actor, in a driver-side store pass and in
+    process. On CUDA: channels_last and autocast; the CPU path stays fp32."""
+
+    def __init__(self, name: str, model: MultiTaskNet, plan: AmalgamationPlan, device: torch.device) -> None:
+        self.name = name
+        self.plan = plan
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        meta = plan.teachers[name]
+        self.mean, self.std = meta.mean, meta.std
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last if self._cuda else torch.preserve_format)
+
+    def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        images = to_tensor(pixels, self.mean, self.std).to(self.device, non_blocking=True)
+        if self._cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self._cuda):
+            outputs = teacher_outputs(self.model, self.name, images, self.plan)
+        # Logits as float32, kept hint channels as float16 (set by teacher_outputs).
+        return {key: value.cpu().numpy() for key, value in outputs.items()}

@@ -9,6 +9,7 @@ seconds per process, paid again at every new epoch's first batch.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -82,13 +83,17 @@ def _arrow_column(values: np.ndarray) -> Any:
     return ArrowTensorArray.from_numpy(values) if values.ndim > 1 else values
 
 
-@ray.remote
-def write_teacher_outputs(
-    shard_url: str, index: int, actors: dict[str, list[Any]], targets: dict[str, str], batch_size: int, where: str,
+TeacherOutputs = Callable[[np.ndarray], dict[str, dict[str, np.ndarray]]]
+"""uint8 pixels -> teacher name -> that teacher's output columns for them."""
+
+
+def write_shard_outputs(
+    shard_url: str, index: int, outputs_of: TeacherOutputs, targets: dict[str, str], batch_size: int, where: str,
 ) -> int:
-    """One teacher pass over one data shard: every teacher in `actors` sees each batch, and its
-    outputs go to its own store (`targets[teacher]`), one Parquet file per shard in the shard's
-    row order, so that stores of different teachers line up row by row. Returns the row count."""
+    """One teacher pass over one data shard: `outputs_of` gives every teacher's outputs for each
+    batch, and each teacher's go to its own store (`targets[teacher]`), one Parquet file per
+    shard in the shard's row order, so that stores of different teachers line up row by row.
+    Returns the row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -100,9 +105,8 @@ def write_teacher_outputs(
     rows = 0
     try:
         for batch in iter_shard_batches(shard_url, [ID, IMAGE], batch_size):
-            pixels = ray.put(decode_batch(batch.column(IMAGE).to_pylist(), where, first_row=rows))
-            names = list(actors)
-            for name, outputs in zip(names, ray.get([random.choice(actors[n]).outputs.remote(pixels) for n in names])):
+            pixels = decode_batch(batch.column(IMAGE).to_pylist(), where, first_row=rows)
+            for name, outputs in outputs_of(pixels).items():
                 table = pa.table({ID: batch.column(ID), **{store_column(name, k): _arrow_column(v) for k, v in outputs.items()}})
                 if name not in writers:
                     fs, path = resolve(join(targets[name], STORE_PART.format(index=index)))
@@ -116,6 +120,20 @@ def write_teacher_outputs(
         for handle in handles:
             handle.close()
     return rows
+
+
+@ray.remote
+def write_teacher_outputs(
+    shard_url: str, index: int, actors: dict[str, list[Any]], targets: dict[str, str], batch_size: int, where: str,
+) -> int:
+    """`write_shard_outputs` as a Ray task, asking one actor of every teacher pool per batch."""
+
+    def outputs_of(pixels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        shared = ray.put(pixels)  # one copy in the object store, read by every teacher
+        names = list(actors)
+        return dict(zip(names, ray.get([random.choice(actors[n]).outputs.remote(shared) for n in names])))
+
+    return write_shard_outputs(shard_url, index, outputs_of, targets, batch_size, where)
 
 
 def join_teacher_stores(

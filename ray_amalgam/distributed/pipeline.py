@@ -14,15 +14,13 @@ import ray.data
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from ray_amalgam.amalgamation import AmalgamationPlan, teacher_outputs
+from ray_amalgam.amalgamation import AmalgamationPlan, TeacherRunner, load_teacher_model
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION
 from ray_amalgam.distributed.data_tasks import append_teacher_outputs, decode_images, holdout_rows
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.distributed.resources import ResourcePlan, check_placement, teacher_pool_sizes
-from ray_amalgam.io.checkpoints import load_teacher
 from ray_amalgam.io.fs import resolve
-from ray_amalgam.io.images import to_tensor
-from ray_amalgam.models import teacher_from_weights
+
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem | None:
     """What Ray Data's Parquet read/write should use for `fs`: None (Arrow's own) for local
@@ -50,14 +48,8 @@ class TeacherActor:
     """
 
     def __init__(self, name: str, checkpoint: str, plan: AmalgamationPlan, board_name: str | None) -> None:
-        meta, state = load_teacher(checkpoint)
-        self.name = name
-        self.plan = plan
-        self.mean, self.std = meta.mean, meta.std
-        self.device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
-        self.model = teacher_from_weights(meta, state, checkpoint).to(self.device).eval()
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+        self.runner = TeacherRunner(name, load_teacher_model(checkpoint), plan, device)
         self.actor_id = ray.get_runtime_context().get_actor_id()
         self.board = board_handle(board_name) if board_name else None
         if self.board is not None:
@@ -66,15 +58,10 @@ class TeacherActor:
 
     def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """The teacher's filtered outputs for (N, H, W, 3) uint8 pixels."""
-        images = to_tensor(pixels, self.mean, self.std).to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            outputs = teacher_outputs(self.model, self.name, images, self.plan)
+        outputs = self.runner.outputs(pixels)
         if self.board is not None:
-            self.board.teacher_batch.remote(self.actor_id, self.name)
-        # Logits travel as float32, kept hint channels as float16 (set by teacher_outputs).
-        return {key: value.cpu().numpy() for key, value in outputs.items()}
+            self.board.teacher_batch.remote(self.actor_id, self.runner.name)
+        return outputs
 
     def peak_memory_bytes(self) -> int:
         """This actor process's peak resident memory (what one teacher costs a node)."""

@@ -65,6 +65,11 @@ class ResourcePlan:
     """Custom node resources per teacher actor (`resources.teacher_resources`)."""
 
     @property
+    def local(self) -> bool:
+        """Whether Ray runs on this machine (sized for the job), not on a joined cluster."""
+        return self.cluster_cpus > 0
+
+    @property
     def worker_request(self) -> dict[str, float]:
         """Everything one train worker asks Ray for."""
         gpu = {"GPU": self.worker_gpus} if self.worker_gpus > 0 else {}

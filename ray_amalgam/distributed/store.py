@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import ray
 import ray.data
+import torch
 
-from ray_amalgam.amalgamation import AmalgamationPlan, StoredTargets, hint_key, logits_key
-from ray_amalgam.distributed.data_tasks import join_teacher_stores, store_column, write_teacher_outputs
+from ray_amalgam.amalgamation import AmalgamationPlan, StoredTargets, TeacherRunner, hint_key, load_teacher_model, logits_key
+from ray_amalgam.distributed.data_tasks import join_teacher_stores, store_column, write_shard_outputs, write_teacher_outputs
 from ray_amalgam.distributed.pipeline import TeacherPools
 from ray_amalgam.distributed.resources import ResourcePlan
 from ray_amalgam.io.checkpoints import checkpoint_hash
@@ -42,7 +43,7 @@ from ray_amalgam.io.fs import (
     resolve,
 )
 from ray_amalgam.io.metafile import read_json
-from ray_amalgam.io.shards import ID, list_shards, read_dataset_meta_bytes
+from ray_amalgam.io.shards import ID, count_rows, list_shards, read_dataset_meta_bytes
 from ray_amalgam.spec import JobSpec
 
 _log = logging.getLogger(__name__)
@@ -168,18 +169,52 @@ def ensure_store(
                  hint_channels={n: c for n, c in channels.items() if c})
 
 
+DRIVER_PASS_PIXEL_BYTES = 1 << 30
+"""Decoded pixels up to which `store_pass: auto` runs a local job's teacher pass in the driver.
+Actor pools cost a process, torch and the checkpoint per actor plus a task per shard (15-20 s
+on 2 cores) before the first output; the driver has the teachers' code loaded already and uses
+every core through torch's threads, so for data this size it finishes first."""
+
+
+def pass_device(job: JobSpec, resources: ResourcePlan, shards: list[str], input_size: int) -> torch.device | None:
+    """The device of the driver-side teacher pass, or None where the pass runs on actor pools."""
+    choice = job.resources.store_pass
+    wants_gpu = job.resources.teacher_gpu_fraction > 0 or job.resources.gpus_per_worker > 0
+    if choice == "actors":
+        return None
+    if choice == "auto" and not (
+        resources.local
+        and (torch.cuda.is_available() or not wants_gpu)
+        and count_rows(shards) * input_size**2 * 3 <= DRIVER_PASS_PIXEL_BYTES
+    ):
+        return None
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
 def _teacher_pass(
     job: JobSpec, plan: AmalgamationPlan, shards: list[str], data_url: str, urls: dict[str, str],
     keys: dict[str, tuple[str, dict[str, Any]]], resources: ResourcePlan, board_name: str | None,
 ) -> dict[str, dict[str, Any]]:
-    """Run the plan's teachers over every shard (a task per shard), each writing its own store."""
-    with TeacherPools(plan, resources, None, board_name) as pools, ExitStack() as stack:
+    """Run the plan's teachers over every shard, each writing its own store: in the driver, shard
+    by shard, or on teacher actor pools, a Ray task per shard (`pass_device`)."""
+    device = pass_device(job, resources, shards, plan.input_size)
+    batch_size = job.resources.teacher_batch_size
+    with ExitStack() as stack:
         targets = {name: stack.enter_context(committed_directory(url, MANIFEST)) for name, url in urls.items()}
-        rows = ray.get([
-            write_teacher_outputs.options(num_cpus=resources.data_task_cpus).remote(
-                shard, index, pools.actors, targets, job.resources.teacher_batch_size, data_url)
-            for index, shard in enumerate(shards)
-        ])
+        if device is not None:
+            runners = [TeacherRunner(name, load_teacher_model(plan.checkpoints[name]), plan, device) for name in plan.checkpoints]
+
+            def outputs_of(pixels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+                return {runner.name: runner.outputs(pixels) for runner in runners}
+
+            rows = [write_shard_outputs(shard, index, outputs_of, targets, batch_size, data_url) for index, shard in enumerate(shards)]
+        else:
+            pools = stack.enter_context(TeacherPools(plan, resources, None, board_name))
+            rows = ray.get([
+                write_teacher_outputs.options(num_cpus=resources.data_task_cpus).remote(
+                    shard, index, pools.actors, targets, batch_size, data_url)
+                for index, shard in enumerate(shards)
+            ])
         manifests = {}
         for name, target in targets.items():
             key, inputs = keys[name]
@@ -191,6 +226,7 @@ def _teacher_pass(
                 "tasks": list(plan.teachers[name].task_names),
                 "num_rows": sum(rows),
                 "shard_rows": rows,
+                "pass": "driver" if device is not None else "actors",
                 "files": [{"name": n, "size": s} for n, s in sorted(sizes.items())],
             }
             # The manifest goes last: a store without it is half-written and gets rebuilt.

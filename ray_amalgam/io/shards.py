@@ -387,6 +387,15 @@ def read_ids(url: str) -> list[str]:
     return [i for column in ids for i in column.to_pylist()]
 
 
+def count_rows(shard_urls: Sequence[str]) -> int:
+    """The shards' rows, from their Parquet footers."""
+    total = 0
+    for shard_url in shard_urls:
+        with _open_shard(shard_url, None) as shard:
+            total += shard.metadata.num_rows
+    return total
+
+
 def inspect_dataset(url: str) -> dict[str, Any]:
     """What `ray-amalgam data inspect` shows: shards, rows, columns, image size, repeated ids, tasks."""
     meta = read_dataset_meta(url)

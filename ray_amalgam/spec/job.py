@@ -95,6 +95,10 @@ class ResourcesSpec(_Strict):
     teacher_actors: ActorRange = ActorRange()
     teacher_gpu_fraction: float = Field(0.0, ge=0.0, le=1.0)
     teacher_batch_size: int = Field(128, ge=1)
+    store_pass: Literal["auto", "driver", "actors"] = "auto"
+    """Where a store's teacher pass runs: `actors` (teacher actor pools fed by a Ray task per
+    shard), `driver` (the job's own process, shard by shard: no actor or task starts), or `auto`:
+    the driver when Ray is local and the data's decoded pixels fit 1 GiB, else actors."""
     worker_resources: dict[str, float] = {}
     """Custom Ray node resources each train worker asks for, e.g. {train_node: 0.01}: it then runs
     only on nodes started with that resource (`ray start --resources`, a cluster YAML's node type)."""

@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from ray_amalgam.amalgamation import make_plan
 from ray_amalgam.distributed.resources import plan_resources
 from ray_amalgam.distributed.store import (
+    DRIVER_PASS_PIXEL_BYTES,
     MANIFEST,
     ensure_store,
+    load_store_targets,
+    pass_device,
     read_store,
     target_columns,
 )
 from ray_amalgam.io.checkpoints import read_teacher_meta
+from ray_amalgam.io.shards import list_shards
 
 from .conftest import TEACHER_TASKS, make_teacher
 
@@ -76,3 +83,28 @@ def test_old_whole_set_store_is_replaced_with_a_message(ray_cluster, new_job, tm
     store = ensure_store(job, _plan(job), "train", job.data.train, str(root), plan_resources(job, 2, local=True), [], None)
     assert store.computed == ("A", "B") and not old.exists()
     assert "whole-set teacher store of an earlier version" in caplog.text
+
+
+@pytest.mark.timeout(300)
+def test_driver_and_actor_passes_write_the_same_store(ray_cluster, new_job, tmp_path):
+    """`store_pass: auto` runs a small local pass in the driver; on a joined cluster, on actor
+    pools. Both write the same outputs, so either store serves every later job."""
+    job = new_job()
+    shards = list_shards(job.data.train)
+    assert pass_device(job, plan_resources(job, 2, local=True), shards, 32) == torch.device("cpu")
+    assert pass_device(job, plan_resources(job, 2, local=False), shards, 32) is None
+    large = shards * (DRIVER_PASS_PIXEL_BYTES // (160 * 32 * 32 * 3) + 1)  # the same shards, counted until over the limit
+    assert pass_device(job, plan_resources(job, 2, local=True), large, 32) is None
+
+    stores = {}
+    for where in ("actors", "driver"):
+        placed = new_job(resources={"store_pass": where})
+        store = ensure_store(placed, _plan(placed), "train", placed.data.train, str(tmp_path / where), plan_resources(placed, 2, local=True), [], None)
+        manifests = [json.loads(Path(url, MANIFEST).read_text()) for url in store.teachers.values()]
+        assert [m["pass"] for m in manifests] == [where, where]
+        stores[where] = load_store_targets(store, target_columns(_plan(placed)))
+    (actor_ids, actor_columns), (driver_ids, driver_columns) = stores["actors"], stores["driver"]
+    assert list(actor_ids) == list(driver_ids) and len(actor_ids) == 160
+    assert sorted(actor_columns) == sorted(driver_columns) == ["logits/A/shape", "logits/B/position"]
+    for column, values in actor_columns.items():
+        np.testing.assert_allclose(driver_columns[column], values, rtol=1e-4, atol=1e-5, err_msg=column)
