@@ -134,6 +134,9 @@ def _tuner(
             metric=SCORE, mode="max", num_samples=spec.num_samples, scheduler=_scheduler(spec, plan),
             search_alg=_search_algorithm(spec, concurrency),
             trial_dirname_creator=_trial_id, trial_name_creator=_trial_id,
+            # An in-process trial's actor (a process with torch loaded) serves the next trial:
+            # starting one costs seconds of CPU, as much as a small trial's training.
+            reuse_actors=setup.run == "in_process",
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=path, storage_filesystem=storage,
