@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -218,18 +219,25 @@ def main() -> None:
         measure(args)
 
 
+def done(side: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """Each side's figures on stderr as soon as it finishes: a run cut short still shows them."""
+    shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in figures.items() if k != "started_at"}
+    print(f"{side}: {json.dumps(shown)}", file=sys.stderr, flush=True)
+    return figures
+
+
 def measure(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp, GpuSampler() as sampler:
         root = Path(tmp)
         prepare(root, args.rows, args.image_size, args.teacher_width)
-        ceiling = in_process(job_for(root, "store", args), naive=False, device=device)
-        naive = in_process(job_for(root, "store", args), naive=True, device=device)
+        ceiling = done("ceiling", in_process(job_for(root, "store", args), naive=False, device=device))
+        naive = done("naive", in_process(job_for(root, "store", args), naive=True, device=device))
         ray_started = time.perf_counter()
         connect(job_for(root, "store", args), len(TEACHERS), None)
         ray_start_s = time.perf_counter() - ray_started
-        stream = ray_job(root, "stream", args, sampler, ray_start_s)
-        store = ray_job(root, "store", args, sampler, ray_start_s)
+        stream = done("stream", ray_job(root, "stream", args, sampler, ray_start_s))
+        store = done("store", ray_job(root, "store", args, sampler, ray_start_s))
         ray.shutdown()
     train_rows = args.rows  # per-epoch rows (the hold-out share is small; same for both sides)
     store_job_s = store["store_pass_s"] + JOB_EPOCHS * train_rows / store[FINETUNE]
