@@ -199,6 +199,7 @@ def ray_job(root: Path, mode: str, args: argparse.Namespace, sampler: GpuSampler
         # The whole job a user waits for, Ray start included (this run starts Ray once, for both).
         "job_s": ray_start_s + report["seconds"],
         "fixed_costs": fixed_costs(report, epochs, timeline),
+        "epochs": [{k: e[k] for k in ("stage", "epoch", "seconds", "steady_samples_per_s", "first_batch_s", "data_wait_s")} for e in epochs],
         "gpu_util_training": sampler.mean(train_from, train_to),
         "gpu_util_job": sampler.mean(started_at, time.time()),
     }
@@ -261,6 +262,8 @@ def measure(args: argparse.Namespace) -> None:
             "fit_store": store["fit_s"],
         },
         "fixed_cost_breakdown_s": {"stream": stream["fixed_costs"], "store": store["fixed_costs"]},
+        # Per epoch: data_wait_s is the steady-state time the step sat waiting for its next batch.
+        "epochs": {"stream": stream["epochs"], "store": store["epochs"]},
         "whole_job_s": {"ceiling": ceiling["job_s"], "naive": naive["job_s"], "stream": stream["job_s"], "store": store["job_s"]},
         "gpu_utilization_pct": {
             "stream_training": stream["gpu_util_training"], "store_training": store["gpu_util_training"],
@@ -283,6 +286,8 @@ def measure(args: argparse.Namespace) -> None:
     print("fixed s  " + "  ".join(f"{k} {v:.1f}" for k, v in result["fixed_costs_s"].items() if v is not None))
     for mode, costs in result["fixed_cost_breakdown_s"].items():
         print(f"{mode:9s}" + "  ".join(f"{k} {v}" for k, v in costs.items()))
+    for mode, rows in result["epochs"].items():
+        print(f"{mode:9s}" + "  ".join(f"{e['stage']} {e['steady_samples_per_s'] or 0:.0f}/s wait {e['data_wait_s']}s" for e in rows))
     if result["gpu_utilization_pct"]:
         print("GPU %    " + "  ".join(f"{k} {v}" for k, v in result["gpu_utilization_pct"].items()))
 

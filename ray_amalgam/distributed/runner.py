@@ -132,8 +132,8 @@ def build_datasets(
     which would otherwise come back at every epoch's first batch.
     `store`: one teacher pass writes (or reuses) the store; in memory, the training rows are
     split off and decoded once, so epochs run no task at all.
-    `stream`: `pools` (long-lived teacher actors) run on the training rows every epoch; in
-    memory, only the teacher calls (and augmentation) are repeated.
+    `stream`: the training rows only (decoded; in memory, only augmentation is repeated): the
+    train workers ask `pools` (long-lived teacher actors) for every batch's outputs themselves.
     The check rows (the small held-out share for fidelity) are materialized in both modes:
     their targets never change.
     `shared_store`: a store built beforehand for a superset of the job's tasks (a sweep's); the
@@ -166,7 +166,7 @@ def build_datasets(
     train = train.materialize() if in_memory and not augment else train
     emit({"kind": "check_targets", "phase": "computing"})
     check = with_teachers(split_and_decode(rows, job.data.train, held, resources, batch), pools, resources, batch).materialize()
-    return with_teachers(train, pools, resources, batch), check, info
+    return train, check, info  # the train workers ask the pools themselves (TeacherFeed)
 
 
 def latest_checkpoint(storage: str) -> str | None:
@@ -336,6 +336,7 @@ def run_job(
                     "board": board_name,
                     "resume_from": resume_from,
                     "fit_started_at": fit_started_at,
+                    "teacher_actors": pools.actors if pools is not None else None,
                 },
                 scaling_config=ray.train.ScalingConfig(
                     num_workers=resources.train_workers,

@@ -26,7 +26,7 @@ import torch
 from ray_amalgam.amalgamation import AmalgamationPlan, Amalgamator, stage_metrics, steps_per_epoch
 from ray_amalgam.amalgamation.validation import load_teachers
 from ray_amalgam.distributed.collectives import sum_across_workers, sum_digests_across_workers
-from ray_amalgam.distributed.pipeline import id_digest
+from ray_amalgam.distributed.pipeline import TeacherFeed, id_digest
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.io.fs import exists, join
 from ray_amalgam.io.metafile import LISTED_FILES
@@ -61,6 +61,9 @@ def read_state(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 PREFETCH_BATCHES = 4
 """Batches the loader keeps ready ahead of the step: deep enough to hide a decode hiccup."""
+FEED_WINDOW = 8
+"""Stream mode: batches whose teacher outputs are asked for ahead of the step, enough to keep
+every actor of a pool busy while the step runs."""
 
 
 def collate(batch: Mapping[str, np.ndarray], pin: bool = False) -> dict[str, Any]:
@@ -76,10 +79,13 @@ def collate(batch: Mapping[str, np.ndarray], pin: bool = False) -> dict[str, Any
     return out
 
 
-def batches(shard: Any, batch_size: int, device: torch.device) -> Any:
-    """The worker's shard as engine batches for `device`."""
+def batches(shard: Any, batch_size: int, device: torch.device, feed: TeacherFeed | None = None) -> Any:
+    """The worker's shard as engine batches for `device`; `feed` appends the teachers' outputs."""
     collate_fn = functools.partial(collate, pin=device.type == "cuda")
-    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn, prefetch_batches=PREFETCH_BATCHES)
+    if feed is None:
+        return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn, prefetch_batches=PREFETCH_BATCHES)
+    rows = shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES)
+    return map(collate_fn, feed(rows))
 
 
 class Timeline:
@@ -119,22 +125,26 @@ class Reporter:
 
 def run_epoch(
     engine: Amalgamator, model: torch.nn.Module, shard: Any, stage: str, epoch: int, epochs: int,
-    job: JobSpec, world: int, reporter: Reporter,
+    job: JobSpec, world: int, reporter: Reporter, feed: TeacherFeed | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     samples, loss_sum, steps = 0, 0.0, 0
     count, hash_sum = 0, 0
     first_batch_s, first_batch_rows = None, 0
-    for batch in batches(shard, job.schedule.batch_size, engine.device):
+    waited, step_ended = 0.0, started  # steady-state time blocked on the loader: the step starved
+    for batch in batches(shard, job.schedule.batch_size, engine.device, feed):
         if first_batch_s is None:
             first_batch_s, first_batch_rows = time.perf_counter() - started, len(batch["image"])
+        else:
+            waited += time.perf_counter() - step_ended
         c, h = id_digest(batch.pop(ID))
         count, hash_sum = count + c, (hash_sum + h) % (1 << 64)
         losses = engine.train_step(batch, model=model)
         samples += len(batch["image"])
         loss_sum += losses["loss"]
         steps += 1
-        elapsed = time.perf_counter() - started
+        step_ended = time.perf_counter()
+        elapsed = step_ended - started
         reporter.send({
             "kind": "train", "stage": stage, "epoch": epoch, "epochs": epochs, "epoch_samples": samples * world,
             "samples_per_s": samples * world / max(elapsed, 1e-9), "loss": losses["loss"], "train_workers": world,
@@ -153,6 +163,7 @@ def run_epoch(
         "samples_per_s": total_samples / max(seconds, 1e-9),
         "steady_samples_per_s": steady,
         "first_batch_s": round(first_batch_s or 0.0, 3),
+        "data_wait_s": round(waited, 3),
         "loss": total_loss / max(total_steps, 1),
         "rows_seen": rows_seen,
         "id_digest": str(digest),
@@ -172,7 +183,8 @@ def _fidelity(engine: Amalgamator, shard: Any) -> tuple[dict[str, float], int]:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train entry point; `config`: job (JSON dict), plan, threads, board (actor name), resume_from (URL)."""
+    """Ray Train entry point; `config`: job (JSON dict), plan, threads, board (actor name), resume_from
+    (URL), teacher_actors (stream mode: teacher name -> its pool's actor handles)."""
     timeline = Timeline(config["fit_started_at"])
     timeline.mark("worker_started")
     job = JobSpec.model_validate(config["job"])
@@ -204,6 +216,8 @@ def train_loop(config: dict[str, Any]) -> None:
     history["timeline"] = timeline.events
     reporter = Reporter(config.get("board"), rank)
     train_shard = ray.train.get_dataset_shard("train")
+    teachers = config.get("teacher_actors")
+    feed = TeacherFeed(teachers, FEED_WINDOW) if teachers else None
     check_shard = ray.train.get_dataset_shard("check")
     stages = engine.stage_names()
     for index, stage in enumerate(stages):
@@ -220,7 +234,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 )
             for epoch in range(1, epochs + 1):
                 with timeline.span("epoch", stage):
-                    history["epochs"].append(run_epoch(engine, model, train_shard, stage, epoch, epochs, job, world, reporter))
+                    history["epochs"].append(run_epoch(engine, model, train_shard, stage, epoch, epochs, job, world, reporter, feed))
             with timeline.span("fidelity", stage):
                 fidelity, samples = _fidelity(engine, check_shard)
         else:
