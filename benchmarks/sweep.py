@@ -8,7 +8,7 @@
 Prints wall times, teacher forward passes per sample for the whole sweep, and the ratios
 (how many times longer the other way took than the shared store).
 
-    python -m benchmarks.sweep [--rows 512] [--image-size 16] [--widths 0.25,0.5] [--skip stream] [--json]
+    python -m benchmarks.sweep [--rows 4096] [--image-size 32] [--widths 0.25,0.5] [--skip stream] [--json]
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=512)
-    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--widths", default="0.25,0.5", help="comma-separated student widths (x 3 task subsets = trials)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["stream", "sequential"],

@@ -57,12 +57,17 @@ def holdout_rows(batch: dict[str, np.ndarray], held: bool, fraction: float) -> d
     return {key: value[keep] for key, value in batch.items()}
 
 
+def ask_teachers(pixels: np.ndarray, actors: dict[str, list[Any]], turn: int | None = None) -> list[Any]:
+    """Calls (object refs, in the pools' order) asking one actor of every teacher pool at once
+    for its outputs on `pixels`: the `turn`-th actor of each pool, or one at random; either
+    spreads a pool's load. The pixels go to the object store once, read by every teacher."""
+    shared = ray.put(pixels)
+    return [(random.choice(pool) if turn is None else pool[turn % len(pool)]).outputs.remote(shared) for pool in actors.values()]
+
+
 def append_teacher_outputs(batch: dict[str, np.ndarray], actors: dict[str, list[Any]]) -> dict[str, np.ndarray]:
-    """Ask one actor of every teacher pool at once (picked at random, which spreads a pool's
-    load) and append their outputs to the batch."""
-    pixels = ray.put(batch[IMAGE])  # one copy in the object store, read by every teacher
-    calls = [random.choice(pool).outputs.remote(pixels) for pool in actors.values()]
-    for outputs in ray.get(calls):
+    """The batch with every teacher's outputs appended."""
+    for outputs in ray.get(ask_teachers(batch[IMAGE], actors)):
         batch.update(outputs)
     return batch
 
@@ -129,9 +134,7 @@ def write_teacher_outputs(
     """`write_shard_outputs` as a Ray task, asking one actor of every teacher pool per batch."""
 
     def outputs_of(pixels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        shared = ray.put(pixels)  # one copy in the object store, read by every teacher
-        names = list(actors)
-        return dict(zip(names, ray.get([random.choice(actors[n]).outputs.remote(shared) for n in names])))
+        return dict(zip(actors, ray.get(ask_teachers(pixels, actors))))
 
     return write_shard_outputs(shard_url, index, outputs_of, targets, batch_size, where)
 

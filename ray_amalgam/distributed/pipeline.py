@@ -18,7 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ray_amalgam.amalgamation import AmalgamationPlan, TeacherRunner, load_teacher_model
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION
-from ray_amalgam.distributed.data_tasks import append_teacher_outputs, decode_images, holdout_rows
+from ray_amalgam.distributed.data_tasks import append_teacher_outputs, ask_teachers, decode_images, holdout_rows
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.distributed.resources import ResourcePlan, check_placement, teacher_pool_sizes
 from ray_amalgam.io.fs import resolve
@@ -123,8 +123,7 @@ class TeacherFeed:
     def __call__(self, batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
         pending: collections.deque[tuple[dict[str, np.ndarray], list[Any]]] = collections.deque()
         for turn, batch in enumerate(batches):
-            pixels = ray.put(batch[IMAGE])  # one copy in the object store, read by every teacher
-            pending.append((batch, [pool[turn % len(pool)].outputs.remote(pixels) for pool in self.actors.values()]))
+            pending.append((batch, ask_teachers(batch[IMAGE], self.actors, turn)))
             if len(pending) >= self.window:
                 yield _with_outputs(*pending.popleft())
         while pending:
