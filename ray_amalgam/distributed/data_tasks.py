@@ -65,11 +65,17 @@ def ask_teachers(pixels: np.ndarray, actors: dict[str, list[Any]], turn: int | N
     return [(random.choice(pool) if turn is None else pool[turn % len(pool)]).outputs.remote(shared) for pool in actors.values()]
 
 
+def with_answers(batch: dict[str, np.ndarray], calls: list[Any]) -> dict[str, np.ndarray]:
+    """A copy of the batch with the outputs of `calls` (from `ask_teachers`) appended."""
+    merged = dict(batch)
+    for outputs in ray.get(calls):
+        merged.update(outputs)
+    return merged
+
+
 def append_teacher_outputs(batch: dict[str, np.ndarray], actors: dict[str, list[Any]]) -> dict[str, np.ndarray]:
     """The batch with every teacher's outputs appended."""
-    for outputs in ray.get(ask_teachers(batch[IMAGE], actors)):
-        batch.update(outputs)
-    return batch
+    return with_answers(batch, ask_teachers(batch[IMAGE], actors))
 
 
 STORE_PART = "part-{index:05d}.parquet"

@@ -18,7 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ray_amalgam.amalgamation import AmalgamationPlan, TeacherRunner, load_teacher_model
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION
-from ray_amalgam.distributed.data_tasks import append_teacher_outputs, ask_teachers, decode_images, holdout_rows
+from ray_amalgam.distributed.data_tasks import append_teacher_outputs, ask_teachers, decode_images, holdout_rows, with_answers
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.distributed.resources import ResourcePlan, check_placement, teacher_pool_sizes
 from ray_amalgam.io.fs import resolve
@@ -125,16 +125,9 @@ class TeacherFeed:
         for turn, batch in enumerate(batches):
             pending.append((batch, ask_teachers(batch[IMAGE], self.actors, turn)))
             if len(pending) >= self.window:
-                yield _with_outputs(*pending.popleft())
+                yield with_answers(*pending.popleft())
         while pending:
-            yield _with_outputs(*pending.popleft())
-
-
-def _with_outputs(batch: dict[str, np.ndarray], calls: list[Any]) -> dict[str, np.ndarray]:
-    merged = dict(batch)
-    for outputs in ray.get(calls):
-        merged.update(outputs)
-    return merged
+            yield with_answers(*pending.popleft())
 
 
 def with_teachers(ds: ray.data.Dataset, pools: TeacherPools, resources: ResourcePlan, batch_size: int) -> ray.data.Dataset:
