@@ -15,13 +15,11 @@ from typing import Any
 import numpy as np
 import ray
 
-from ray_amalgam.io.images import decode_batch
+from ray_amalgam.io.images import decode_batch, random_flip_shift
 from ray_amalgam.io.shards import ID, IMAGE, holdout_mask
 
 ENCODED = "image_encoded"
 """Column carrying the original image bytes past decoding, when a store must keep them."""
-
-AUGMENT_PAD = 4
 
 
 def decode_images(batch: dict[str, np.ndarray], where: str, keep_encoded: bool, augment: bool) -> dict[str, np.ndarray]:
@@ -34,20 +32,6 @@ def decode_images(batch: dict[str, np.ndarray], where: str, keep_encoded: bool, 
         batch[ENCODED] = encoded
     batch[IMAGE] = pixels
     return batch
-
-
-def random_flip_shift(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Per image: horizontal flip with p=0.5 and a shift of up to AUGMENT_PAD pixels (reflect padding).
-
-    Teachers see the augmented image and the student learns from exactly that image, which is
-    why augmentation needs `stream` mode.
-    """
-    n, h, w, _ = pixels.shape
-    flip = rng.random(n) < 0.5
-    pixels = np.where(flip[:, None, None, None], pixels[:, :, ::-1], pixels)
-    padded = np.pad(pixels, ((0, 0), (AUGMENT_PAD, AUGMENT_PAD), (AUGMENT_PAD, AUGMENT_PAD), (0, 0)), mode="reflect")
-    dy, dx = rng.integers(0, 2 * AUGMENT_PAD + 1, size=(2, n))
-    return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
 def holdout_rows(batch: dict[str, np.ndarray], held: bool, fraction: float) -> dict[str, np.ndarray]:

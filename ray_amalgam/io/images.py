@@ -58,6 +58,23 @@ def decode_batch(images: Sequence[bytes], where: str, first_row: int = 0, size: 
     return np.stack(arrays)
 
 
+AUGMENT_PAD = 4
+
+
+def random_flip_shift(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per image: horizontal flip with p=0.5 and a shift of up to AUGMENT_PAD pixels (reflect padding).
+
+    Teachers label the augmented image and the student learns from exactly that image, which is
+    why augmentation needs teacher outputs computed per batch (`stream` mode).
+    """
+    n, h, w, _ = pixels.shape
+    flip = rng.random(n) < 0.5
+    pixels = np.where(flip[:, None, None, None], pixels[:, :, ::-1], pixels)
+    padded = np.pad(pixels, ((0, 0), (AUGMENT_PAD, AUGMENT_PAD), (AUGMENT_PAD, AUGMENT_PAD), (0, 0)), mode="reflect")
+    dy, dx = rng.integers(0, 2 * AUGMENT_PAD + 1, size=(2, n))
+    return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
 def to_tensor(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, scaled to [0, 1] then normalized per channel."""
     import torch  # here, not above: Ray data tasks decode with this module and never need torch
