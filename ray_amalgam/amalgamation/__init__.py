@@ -53,6 +53,7 @@ from ray_amalgam.amalgamation.runner import (
     compute_targets,
     evaluate,
     stage_metrics,
+    teacher_labelled_views,
 )
 from ray_amalgam.amalgamation.schedule import concrete_schedule, stage_lr_scheduler, steps_per_epoch
 from ray_amalgam.amalgamation.student import STUDENT_META, load_student, predict, save_student
@@ -117,6 +118,7 @@ __all__ = [
     "stage_metrics",
     "steps_per_epoch",
     "synthesize_pool",
+    "teacher_labelled_views",
     "teacher_outputs",
     "validate_job",
     "verdict",

@@ -12,6 +12,7 @@ BadInputError at construction (no stage is silently skipped).
 from __future__ import annotations
 
 import copy
+import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -175,6 +176,7 @@ class Amalgamator:
         self._finished: list[str] = []
         self._fidelity: dict[str, dict[str, float]] = {}
         self._samples: dict[str, int] = {}
+        self._best: tuple[int, dict[str, float], dict[str, Tensor]] | None = None
         self._stage: str | None = None
         self._module: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -430,10 +432,34 @@ class Amalgamator:
         sums, count = self.fidelity_sums(batches)
         return {task: value / max(count, 1) for task, value in sums.items()}, count
 
+    def keeps_best(self, stage: str) -> bool:
+        """Whether the runner measures held-out fidelity after each of the stage's epochs and
+        calls `keep_if_best` (the finetune stage, with `schedule.keep_best`)."""
+        return stage == FINETUNE and self.job.schedule.keep_best
+
+    def keep_if_best(self, fidelity: Mapping[str, float], epoch: int) -> None:
+        """Remember the weights after `epoch` when their held-out fidelity (mean over tasks) is
+        the best of the stage so far; `finish_stage` returns to them unless the stage ends better."""
+        if self._best is None or statistics.fmean(fidelity.values()) > statistics.fmean(self._best[1].values()):
+            state = {key: value.detach().clone() for key, value in self._parts.state_dict().items()}
+            self._best = (epoch, {task: float(value) for task, value in fidelity.items()}, state)
+
+    def _return_to_best(self, fidelity: Mapping[str, float]) -> tuple[Mapping[str, float], int | None]:
+        """The kept weights and their fidelity when they beat `fidelity` (and the epoch they
+        come from); else `fidelity` unchanged and None."""
+        best, self._best = self._best, None
+        if best is None or not fidelity or statistics.fmean(best[1].values()) <= statistics.fmean(fidelity.values()):
+            return fidelity, None
+        epoch, kept_fidelity, state = best
+        self._parts.load_state_dict(state)
+        return kept_fidelity, epoch
+
     def finish_stage(self, stage: str, fidelity: Mapping[str, float], samples: int = 0) -> dict[str, Any]:
         """Record the stage's fidelity (measured on `samples` rows: the more, the smaller a drop
-        auto branch-out trusts), apply branch-out, and return a JSON-able record."""
+        auto branch-out trusts), apply branch-out, and return a JSON-able record. A stage that
+        kept its best weights (`keep_if_best`) ends on them when they beat its last epoch."""
         self._check_current(stage)
+        fidelity, kept_epoch = self._return_to_best(fidelity)
         before = self.branch_points()
         self._fidelity[stage] = {task: float(value) for task, value in fidelity.items()}
         self._samples[stage] = int(samples)
@@ -441,7 +467,8 @@ class Amalgamator:
         self._stage = self._module = self._optimizer = self._lr_scheduler = None
         after = self.branch_points()
         left = {t: p for t, p in after.items() if t not in before and p < self.num_blocks}
-        return {"stage": stage, "fidelity": self._fidelity[stage], "samples": int(samples), "left_trunk": left, "branch_points": after}
+        record = {"stage": stage, "fidelity": self._fidelity[stage], "samples": int(samples), "left_trunk": left, "branch_points": after}
+        return record if kept_epoch is None else {**record, "kept_epoch": kept_epoch}
 
     def progress(self) -> dict[str, Any]:
         return {

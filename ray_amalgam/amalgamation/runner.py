@@ -36,7 +36,7 @@ from ray_amalgam.amalgamation.targets import TeacherRunner
 from ray_amalgam.amalgamation.validation import load_pool, write_job_record
 from ray_amalgam.io.checkpoints import checkpoint_hash
 from ray_amalgam.io.fs import atomic_write_text, join
-from ray_amalgam.io.images import to_tensor
+from ray_amalgam.io.images import random_flip_shift, to_tensor
 from ray_amalgam.io.shards import holdout_mask, read_dataset_meta
 from ray_amalgam.models import (
     MultiTaskNet,
@@ -51,6 +51,8 @@ TargetReader = Callable[[AmalgamationPlan], StoredTargets]
 """Reads the stored targets of the columns a plan needs."""
 StageReport = Callable[[dict[str, Any]], None]
 """Called with `stage_metrics` after each stage."""
+BatchView = Callable[[dict[str, Any]], dict[str, Any]]
+"""What a training batch becomes before its step (augmentation labelled by the teachers)."""
 
 HOLDOUT_FRACTION = 0.1
 """Share of the training rows held out to measure fidelity for branch-out."""
@@ -86,6 +88,23 @@ def aligned_targets(ids: Sequence[str], stored: StoredTargets, source: str) -> d
     return {key: torch.from_numpy(np.ascontiguousarray(values[order])) for key, values in columns.items()}
 
 
+def teacher_labelled_views(
+    plan: AmalgamationPlan, teachers: Mapping[str, MultiTaskNet], device: torch.device, generator: np.random.Generator
+) -> BatchView:
+    """Per batch: a random flip and shift of its images, with the teachers' outputs on exactly
+    those views as its targets (the in-process form of `stream` mode with `schedule.augment`)."""
+    runners = [TeacherRunner(name, teacher, plan, device) for name, teacher in teachers.items()]
+
+    def view(batch: dict[str, Any]) -> dict[str, Any]:
+        pixels = random_flip_shift(batch["image"], generator)
+        labelled: dict[str, Any] = {"image": pixels}
+        for runner in runners:
+            labelled.update(runner.outputs(pixels))
+        return labelled
+
+    return view
+
+
 def iter_rows(images: np.ndarray, targets: Mapping[str, Tensor], rows: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
     """Batches in the engine's format for the given row indices."""
     for start in range(0, len(rows), batch_size):
@@ -101,9 +120,12 @@ def _train_stage(
     images: np.ndarray,
     targets: Mapping[str, Tensor],
     train_rows: np.ndarray,
+    check_rows: np.ndarray,
     generator: np.random.Generator,
     progress: Progress | None,
-) -> None:
+    view: BatchView | None,
+) -> tuple[dict[str, float], int]:
+    """Train the stage; its held-out fidelity and the rows it was measured on."""
     schedule = engine.job.schedule
     epochs = engine.stage_epochs(stage)
     engine.stage_module(stage, steps=epochs * steps_per_epoch(len(train_rows), schedule.batch_size))
@@ -111,7 +133,7 @@ def _train_stage(
     for epoch in range(1, epochs + 1):
         started, done = time.perf_counter(), 0
         for batch in iter_rows(images, targets, generator.permutation(train_rows), schedule.batch_size):
-            losses = engine.train_step(batch)
+            losses = engine.train_step(batch if view is None else view(batch))
             done += len(batch["image"])
             if progress is not None:
                 rate = done / max(time.perf_counter() - started, 1e-9)
@@ -119,6 +141,9 @@ def _train_stage(
                     bar, advance=len(batch["image"]),
                     description=f"{stage} epoch {epoch}/{epochs} · {rate:,.0f} img/s · loss {losses['loss']:.3f}",
                 )
+        if epoch < epochs and engine.keeps_best(stage):
+            engine.keep_if_best(engine.fidelity(iter_rows(images, targets, check_rows, EVAL_BATCH))[0], epoch)
+    return engine.fidelity(iter_rows(images, targets, check_rows, EVAL_BATCH))
 
 
 @torch.inference_mode()
@@ -260,17 +285,17 @@ def train_in_process(
         job = job.model_copy(update={"schedule": job.schedule.model_copy(update={"finetune_epochs": epochs})})
     engine = Amalgamator(plan, teachers, job, device, block_stages=block_stages)
     generator = np.random.default_rng(job.schedule.seed)
+    view = teacher_labelled_views(plan, teachers, device, np.random.default_rng([job.schedule.seed, 1])) if job.schedule.augment else None
     records = []
     stages = engine.stage_names()
     for index, stage in enumerate(stages):
         if engine.skips(stage):
             fidelity, samples = {}, 0
         else:
-            _train_stage(engine, stage, train.images, targets, fit_rows, generator, progress)
-            fidelity, samples = engine.fidelity(iter_rows(train.images, targets, check_rows, EVAL_BATCH))
+            fidelity, samples = _train_stage(engine, stage, train.images, targets, fit_rows, check_rows, generator, progress, view)
         records.append(engine.finish_stage(stage, fidelity, samples))
         if on_stage is not None:
-            on_stage(stage_metrics(stage, index, len(stages), fidelity))
+            on_stage(stage_metrics(stage, index, len(stages), records[-1]["fidelity"]))
     report = {
         "source": source,
         "method": "afk" if block_stages else "kd",

@@ -235,11 +235,15 @@ def train_loop(config: dict[str, Any]) -> None:
             for epoch in range(1, epochs + 1):
                 with timeline.span("epoch", stage):
                     history["epochs"].append(run_epoch(engine, model, train_shard, stage, epoch, epochs, job, world, reporter, feed))
+                if epoch < epochs and engine.keeps_best(stage):
+                    with timeline.span("fidelity", stage):
+                        engine.keep_if_best(_fidelity(engine, check_shard)[0], epoch)
             with timeline.span("fidelity", stage):
                 fidelity, samples = _fidelity(engine, check_shard)
         else:
             fidelity, samples = {}, 0
         record = engine.finish_stage(stage, fidelity, samples)
+        fidelity = record["fidelity"]  # the kept epoch's, where the stage returned to its best
         history["records"].append(record)
         metrics = stage_metrics(stage, index, len(stages), fidelity)
         reporter.send({"kind": "stage_done", "stage": stage, "stage_index": index, "stages": len(stages), "train_workers": world, "fidelity": fidelity}, force=True)

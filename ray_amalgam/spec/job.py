@@ -62,6 +62,8 @@ class ScheduleSpec(_Strict):
     temperature: float = Field(4.0, gt=0.0)
     task_weights: dict[str, float] = {}
     augment: bool = False
+    keep_best: bool = True
+    """Measure held-out fidelity after each finetune epoch and end on the best epoch's weights."""
     seed: int = 0
 
     @field_validator("stage_epochs", "finetune_epochs", mode="plain")

@@ -179,3 +179,47 @@ def test_both_teachers_of_a_shared_task_give_per_sample_targets():
     del batch[logits_key("b", "shape")]
     with pytest.raises(BadInputError, match="logits/b/shape"):
         engine.train_step(batch)
+
+
+def finetune_engine(keep_best: bool):
+    metas, teachers = pool({"a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE, TAGS))})
+    spec = job(metas, ("shape", "tags"), schedule=ScheduleSpec(stage_epochs=1, finetune_epochs=3, batch_size=4, lr=1e-2, keep_best=keep_best))
+    plan = make_plan(spec, metas)
+    engine = Amalgamator(plan, teachers, spec, torch.device("cpu"))
+    batch = batch_for(plan, teachers, images(8))
+    for stage in engine.stage_names()[:-1]:
+        engine.train_step(batch)
+        engine.finish_stage(stage, *engine.fidelity([batch]))
+    return engine, batch
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_finetune_ends_on_its_best_epoch_when_keep_best(keep_best):
+    engine, batch = finetune_engine(keep_best)
+    assert engine.keeps_best("finetune") is keep_best and not engine.keeps_best("block1")
+    x = engine.normalize(batch["image"])
+    engine.train_step(batch)
+    engine.keep_if_best({"shape": 0.9, "tags": 0.8}, epoch=1)
+    after_first = {k: v.detach().clone() for k, v in engine.student().eval()(x).items()}
+    engine.train_step(batch)
+    engine.keep_if_best({"shape": 0.5, "tags": 0.5}, epoch=2)  # worse: not kept
+    engine.train_step(batch)
+    record = engine.finish_stage("finetune", {"shape": 0.7, "tags": 0.7}, 8)
+    # The runners call keep_if_best only when keeps_best; called anyway, it is always honoured.
+    assert record["kept_epoch"] == 1 and record["fidelity"] == {"shape": 0.9, "tags": 0.8}
+    assert engine.progress()["fidelity"]["finetune"] == {"shape": 0.9, "tags": 0.8}
+    got = engine.student().eval()(x)
+    assert all(torch.allclose(after_first[t], got[t]) for t in got)
+
+
+def test_finetune_keeps_its_last_epoch_when_no_earlier_one_beats_it():
+    engine, batch = finetune_engine(True)
+    engine.train_step(batch)
+    engine.keep_if_best({"shape": 0.6, "tags": 0.6}, epoch=1)
+    engine.train_step(batch)
+    x = engine.normalize(batch["image"])
+    last = {k: v.detach().clone() for k, v in engine.student().eval()(x).items()}
+    record = engine.finish_stage("finetune", {"shape": 0.6, "tags": 0.6}, 8)  # a tie: the last stays
+    assert "kept_epoch" not in record
+    got = engine.student().eval()(x)
+    assert all(torch.allclose(last[t], got[t]) for t in got)

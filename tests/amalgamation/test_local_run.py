@@ -2,16 +2,20 @@
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 from rich.progress import Progress
 
 from ray_amalgam.amalgamation import (
+    TeacherRunner,
     amalgamate_local,
     kd_baseline,
+    load_pool,
     load_student,
     predict,
+    teacher_labelled_views,
 )
 from ray_amalgam.amalgamation.supervised import load_labelled
 from ray_amalgam.io.images import to_tensor
@@ -79,3 +83,24 @@ def test_auto_epochs_follow_the_training_rows(pool, tmp_path):
     assert (report["schedule"]["stage_epochs"], report["schedule"]["finetune_epochs"]) == (2, 1)
     totals = {task.description.split(" ")[0]: task.total for task in progress.tasks}
     assert totals == {"block1": 2 * rows, "block2": 2 * rows, "block3": 2 * rows, "block4": 2 * rows, "finetune": rows}
+
+
+def test_augmented_views_are_labelled_by_the_teachers_on_the_view(pool, tmp_path):
+    """With `schedule.augment`, each training batch is a random flip/shift of its images and its
+    targets are the teachers' outputs on exactly those views, not the stored ones."""
+    job = pool.job(str(tmp_path), teacher_outputs="stream", schedule=pool.job("x").schedule.model_copy(update={"augment": True}))
+    plan, teachers = load_pool(job, "job")
+    images = load_labelled(pool.train_url, []).images[:32]
+    view = teacher_labelled_views(plan, teachers, torch.device("cpu"), np.random.default_rng(0))
+    seen = view({"image": images})
+    assert seen["image"].shape == images.shape and seen["image"].dtype == np.uint8
+    changed = (seen["image"] != images).reshape(len(images), -1).any(1)
+    assert changed.mean() > 0.5  # flips and shifts move most images
+    original = {}
+    for name, teacher in teachers.items():
+        runner = TeacherRunner(name, teacher, plan, torch.device("cpu"))
+        for key, value in runner.outputs(seen["image"]).items():
+            np.testing.assert_allclose(seen[key], value, rtol=1e-5, atol=1e-5)
+        original.update(runner.outputs(images))
+    assert set(original) == set(seen) - {"image"}
+    assert any(not np.allclose(original[k][changed], seen[k][changed], atol=1e-3) for k in original)
