@@ -26,11 +26,11 @@ def test_multiclass_kd_is_zero_when_student_equals_teacher():
     assert distillation_loss(logits, logits, "multiclass", 4.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_multilabel_kd_is_bce_against_teacher_probabilities():
-    student = torch.tensor([[math.log(3.0), 0.0]])  # probabilities 0.75, 0.5
-    teacher = torch.tensor([[0.0, 0.0]])  # probabilities 0.5, 0.5
+def test_multilabel_kd_is_bce_against_teacher_probabilities_summed_over_labels():
+    student = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])  # probabilities 0.75, 0.5; 0.5, 0.5
+    teacher = torch.tensor([[0.0, 0.0], [0.0, 0.0]])  # probabilities 0.5, 0.5
     first = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))
-    expected = (first + math.log(2.0)) / 2
+    expected = ((first + math.log(2.0)) + 2 * math.log(2.0)) / 2  # per sample: the labels' sum; then the mean
     assert distillation_loss(student, teacher, "multilabel", 4.0).item() == pytest.approx(expected, rel=1e-5)
 
 
