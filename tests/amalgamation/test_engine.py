@@ -223,3 +223,25 @@ def test_finetune_keeps_its_last_epoch_when_no_earlier_one_beats_it():
     assert "kept_epoch" not in record
     got = engine.student().eval()(x)
     assert all(torch.allclose(last[t], got[t]) for t in got)
+
+
+def test_auto_branch_out_fires_on_a_real_drop_and_shapes_the_student():
+    """A task whose fidelity through its teacher's tail falls by more than the tolerance plus the
+    measurement noise leaves the trunk after the last block it did well on; the student built
+    afterwards gives it its own branch from there, and the other task stays on the trunk."""
+    metas, teachers = pool({"a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE, TAGS))})
+    spec = job(metas, ("shape", "tags"), student=StudentSpec(width=0.25, branch_tolerance=0.05))
+    engine = Amalgamator(make_plan(spec, metas), teachers, spec, torch.device("cpu"))
+    history = [{"shape": 0.90, "tags": 0.92}, {"shape": 0.91, "tags": 0.90}, {"shape": 0.90, "tags": 0.70}]
+    records = [engine.finish_stage(f"block{i}", fidelity, 2000) for i, fidelity in enumerate(history, start=1)]
+    assert [r["left_trunk"] for r in records] == [{}, {}, {"tags": 2}]
+    assert engine.tasks_on_trunk(4) == ["shape"] and engine.skips("block4") is False
+    engine.finish_stage("block4", {"shape": 0.9}, 2000)
+    assert engine.branch_points() == {"shape": 4, "tags": 2}
+    meta = engine.student_meta({"a": "0" * 64})
+    assert {b.task.name: (b.branch_point, b.teacher_block) for b in meta.branches} == {"shape": (4, 4), "tags": (2, 2)}
+    # The same drop measured on a few rows is within noise: no branch-out.
+    noisy = Amalgamator(make_plan(spec, metas), teachers, spec, torch.device("cpu"))
+    for i, fidelity in enumerate(history, start=1):
+        noisy.finish_stage(f"block{i}", fidelity, 20)
+    assert noisy.tasks_on_trunk(4) == ["shape", "tags"]
