@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ray_amalgam.distributed.resources import plan_resources
+from ray_amalgam.distributed.resources import plan_resources, start_local_ray
 from ray_amalgam.spec import JobSpec
 
 # The largest job the tests run: two teachers with up to one actor each, two train workers.
@@ -89,7 +89,7 @@ def ray_cluster(s3_server: S3Server):
     import ray
 
     cpus = int(plan_resources(_REFERENCE_JOB, num_teachers=2, local=True).cluster_cpus)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local_ray(cpus)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from ray_amalgam.amalgamation.pool import carry_quality, describe_checkpoint, index_plan
-from ray_amalgam.distributed.resources import check_reachable, physical_cpus
+from ray_amalgam.distributed.resources import check_reachable, physical_cpus, start_local_ray
 from ray_amalgam.io.catalogue import Candidate, find_checkpoints, read_catalogue, write_catalogue
 from ray_amalgam.io.fs import absolute_url, exists, join
 from ray_amalgam.spec import Catalogue, CatalogueEntry
@@ -39,7 +39,7 @@ def _connect(address: str | None) -> None:
         check_reachable(address)
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:
-        ray.init(num_cpus=physical_cpus(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_local_ray(physical_cpus())
 
 
 def describe_all(

@@ -44,6 +44,12 @@ loaded); a local Ray that would need more than the machine has is refused before
 
 ADDRESS_TIMEOUT_S = 5.0
 
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_POLL_S = 0.5
+"""How often Ray Train's controller polls its workers in a local Ray this package starts (Ray's
+default, 2 s, is the delay before a run's end or a worker's start is noticed). Read from the
+environment by the controller actor, which inherits the local Ray's environment."""
+
 
 @dataclass(frozen=True)
 class ResourcePlan:
@@ -243,6 +249,13 @@ def leave_replaceable_working_dir() -> None:
         os.chdir(tempfile.gettempdir())
 
 
+def start_local_ray(num_cpus: int) -> None:
+    """Start a local Ray with `num_cpus` CPUs, quiet (no dashboard, no worker logs on the driver),
+    its Ray Train controller polling every TRAIN_POLL_S."""
+    os.environ.setdefault(TRAIN_POLL_ENV, str(TRAIN_POLL_S))  # a value the user set wins
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
 def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePlan:
     """Join `address`, reuse an already initialised Ray, or start a local one sized for the job.
 
@@ -263,12 +276,7 @@ def connect(job: JobSpec, num_teachers: int, address: str | None) -> ResourcePla
     elif address is None:
         plan = plan_resources(job, num_teachers, local=True)
         check_local_machine(plan)
-        ray.init(
-            num_cpus=int(plan.cluster_cpus),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        start_local_ray(int(plan.cluster_cpus))
     else:
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
