@@ -36,8 +36,8 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, kind: Task
     teacher's sigmoid probabilities summed over labels (multilabel); averaged over samples.
 
     Summed, not averaged, over labels, as the KL sums over classes: a mean would shrink a
-    multilabel task's pull on the shared trunk by its label count (measured: a student 1.4
-    points lower on a 4-label task in benchmarks/quality.py --quick)."""
+    multilabel task's pull on the shared trunk by its label count (measured in
+    benchmarks/quality.py --quick: fidelity on a 4-label task 0.89 averaged, 0.91-0.92 summed)."""
     teacher_logits = teacher_logits.detach().float()
     if kind == "multiclass":
         t = temperature
