@@ -56,7 +56,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                         help="precision the exported graph computes in; its input and outputs stay float32")
     export.add_argument("--data", help="dataset URL whose first images the parity check uses (default: random inputs)")
     export.add_argument("--force", action="store_true",
-                        help=f"keep the export even if a task's agreement with the student is below {MIN_AGREEMENT:.1%}")
+                        help=f"keep the export even if a task's agreement with the student is below {MIN_AGREEMENT:.1%}".replace("%", "%%"))
     export.add_argument("--compare-teachers", action="store_true",
                         help="time the teachers the student replaces too (their checkpoints via --teacher)")
     export.add_argument("--teacher", action="append", default=[], metavar="URL",

@@ -98,7 +98,9 @@ def test_onnx_metadata_props_and_output_names_read_without_ray_amalgam(capsys, s
     onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx extra (pip install '.[onnx]')")
     ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the onnx extra (pip install '.[onnx]')")
     out = tmp_path / "student.onnx"
-    assert export(capsys, "--student", student_url, "--format", "onnx", "--out", str(out), "--dtype", "fp16")[0] == 0
+    # --force: this untrained student's multilabel logits sit near 0, where fp16 flips a few
+    # decisions on random inputs (99.6% here with onnxruntime 1.32); parity has its own tests.
+    assert export(capsys, "--student", student_url, "--format", "onnx", "--out", str(out), "--dtype", "fp16", "--force")[0] == 0
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     manifest = json.loads(props["ray_amalgam.json"])
     assert manifest["dtype"] == "fp16" and manifest["outputs"][0]["classes"] == list(COLOR.classes)
