@@ -7,8 +7,9 @@
 (d) store: this project's Ray pipeline reading the teacher-output store.
 
 Also: where the Ray jobs' fixed cost goes (Ray start, store pass, worker start, per-stage
-model preparation, first batch, fidelity check, checkpoint report, shutdown) and, on CUDA, the
-GPU utilization sampled during each job's training.
+model preparation, first batch, fidelity check, checkpoint report, shutdown), Ray Train's own
+floor (an empty training loop's start and whole run in the same Ray) and, on CUDA, the GPU
+utilization sampled during each job's training.
 
     python benchmarks/throughput.py [--rows 2048] [--device cpu|cuda] [--json]
 """
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray.train
 import torch
 
 from ray_amalgam.amalgamation import (
@@ -182,6 +184,30 @@ def fixed_costs(report: dict[str, Any], epochs: list[dict[str, Any]], timeline: 
     }
 
 
+def _empty_loop(config: dict[str, Any]) -> None:
+    Path(config["mark"]).write_text(str(time.time()))  # Train V2 keeps metrics only with checkpoints
+
+
+def ray_train_floor(job: JobSpec) -> dict[str, float]:
+    """Ray Train's fixed cost with nothing of ours in it: an empty loop on one worker sized like
+    the job's, from `fit` to its first line and to `fit`'s return (this machine's local Ray)."""
+    from ray.train.torch import TorchTrainer
+
+    from ray_amalgam.distributed import plan_resources
+
+    resources = plan_resources(job, len(TEACHERS), local=True)
+    with tempfile.TemporaryDirectory() as storage:
+        mark = Path(storage) / "started"
+        started_at = time.time()
+        TorchTrainer(
+            _empty_loop,
+            train_loop_config={"mark": str(mark)},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=resources.worker_gpus > 0, resources_per_worker=resources.worker_request),
+            run_config=ray.train.RunConfig(name="floor", storage_path=storage),
+        ).fit()
+        return {"worker_start_s": round(float(mark.read_text()) - started_at, 2), "fit_s": round(time.time() - started_at, 2)}
+
+
 def ray_job(root: Path, mode: str, args: argparse.Namespace, sampler: GpuSampler, ray_start_s: float) -> dict[str, Any]:
     started_at = time.time()
     report = run_job(job_for(root, mode, args), "bench")
@@ -237,6 +263,7 @@ def measure(args: argparse.Namespace) -> None:
         ray_started = time.perf_counter()
         connect(job_for(root, "store", args), len(TEACHERS), None)
         ray_start_s = time.perf_counter() - ray_started
+        floor = done("ray_train_floor", ray_train_floor(job_for(root, "store", args)))
         stream = done("stream", ray_job(root, "stream", args, sampler, ray_start_s))
         store = done("store", ray_job(root, "store", args, sampler, ray_start_s))
         ray.shutdown()
@@ -262,6 +289,8 @@ def measure(args: argparse.Namespace) -> None:
             "fit_store": store["fit_s"],
         },
         "fixed_cost_breakdown_s": {"stream": stream["fixed_costs"], "store": store["fixed_costs"]},
+        # An empty loop's start and run: the part of worker_start_s and fit_s that is Ray Train's own.
+        "ray_train_floor_s": floor,
         # Per epoch: data_wait_s is the steady-state time the step sat waiting for its next batch.
         "epochs": {"stream": stream["epochs"], "store": store["epochs"]},
         "whole_job_s": {"ceiling": ceiling["job_s"], "naive": naive["job_s"], "stream": stream["job_s"], "store": store["job_s"]},
@@ -284,6 +313,7 @@ def measure(args: argparse.Namespace) -> None:
     print("ratios   " + "  ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
     print("job s    " + "  ".join(f"{k} {v:.1f}" for k, v in result["whole_job_s"].items()))
     print("fixed s  " + "  ".join(f"{k} {v:.1f}" for k, v in result["fixed_costs_s"].items() if v is not None))
+    print("Ray Train, empty loop: " + "  ".join(f"{k} {v}" for k, v in result["ray_train_floor_s"].items()))
     for mode, costs in result["fixed_cost_breakdown_s"].items():
         print(f"{mode:9s}" + "  ".join(f"{k} {v}" for k, v in costs.items()))
     for mode, rows in result["epochs"].items():
