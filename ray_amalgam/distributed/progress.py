@@ -27,7 +27,8 @@ class ProgressBoard:
     """The latest training event, teacher actor heartbeats and the handles of the actors that report.
 
     Handles let tests and operators find a live teacher actor or train worker (e.g. to kill
-    one and watch the job recover) without private Ray APIs.
+    one and watch the job recover) without private Ray APIs. It also holds the job's datasets
+    once the driver has built them, for Ray Train's controller (`handoff`).
     """
 
     def __init__(self) -> None:
@@ -39,6 +40,7 @@ class ProgressBoard:
         self._teacher_order: list[str] = []
         self._teacher_restarts = 0
         self._nodes: dict[tuple[str, str, str], str | None] = {}
+        self._datasets: dict[str, Any] | None = None
 
     def teacher_started(self, actor_id: str, teacher: str, handle: Any, node_id: str | None = None) -> None:
         """Called by each teacher actor's constructor, again after Ray restarts it."""
@@ -71,6 +73,13 @@ class ProgressBoard:
         self._event = event
         if event.get("kind") == "stage_done" and event["stage"] not in self._stages_done:
             self._stages_done.append(event["stage"])
+
+    def post_datasets(self, datasets: dict[str, Any]) -> None:
+        """The job's datasets by name; empty when the driver failed to build them."""
+        self._datasets = datasets
+
+    def datasets(self) -> dict[str, Any] | None:
+        return self._datasets
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()

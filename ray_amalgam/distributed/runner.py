@@ -3,6 +3,7 @@ Ray Train run that holds every stage, then write the student, metrics and report
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import posixpath
@@ -30,6 +31,7 @@ from ray_amalgam.amalgamation import (
 )
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION, report_tables, save_and_evaluate
 from ray_amalgam.amalgamation.validation import load_teachers, validate_job, with_absolute_paths, write_job_record
+from ray_amalgam.distributed.handoff import Built, DatasetHandoff
 from ray_amalgam.distributed.pipeline import (
     TeacherPools,
     arrow_filesystem,
@@ -124,8 +126,8 @@ def split_and_decode(
 def build_datasets(
     job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, total_rows: int, held_rows: int, board: str,
     emit: Callable[[dict[str, Any]], None], pools: TeacherPools | None, shared_store: Store | None = None,
-) -> tuple[ray.data.Dataset, ray.data.Dataset, dict[str, Any]]:
-    """(train, check) datasets in the engine's batch format, and how they were made.
+) -> Built:
+    """The `train` and `check` datasets in the engine's batch format, and how they were made.
 
     Data that fits MATERIALIZE_FRACTION of the object store is read once and kept there: every
     read of Parquet files starts with a listing and footer pass (seconds, whatever the size),
@@ -157,7 +159,7 @@ def build_datasets(
         train = train.materialize() if in_memory else train
         check = split_and_decode(rows, store.url, held, resources, batch).materialize()
         info["store_load_seconds"] = round(time.perf_counter() - started, 2)
-        return train, check, info
+        return {"train": train, "check": check}, info
     assert pools is not None, "stream mode needs teacher pools"
     rows = read_rows(list_shards(job.data.train), [ID, IMAGE], resources)
     rows = rows.materialize() if in_memory else rows
@@ -166,7 +168,7 @@ def build_datasets(
     train = train.materialize() if in_memory and not augment else train
     emit({"kind": "check_targets", "phase": "computing"})
     check = with_teachers(split_and_decode(rows, job.data.train, held, resources, batch), pools, resources, batch).materialize()
-    return train, check, info  # the train workers ask the pools themselves (TeacherFeed)
+    return {"train": train, "check": check}, info  # the train workers ask the pools themselves (TeacherFeed)
 
 
 def latest_checkpoint(storage: str) -> str | None:
@@ -255,6 +257,8 @@ def configure_ray_data(job: JobSpec, plan: AmalgamationPlan) -> None:
     context.target_max_block_size = min(DEFAULT_TARGET_MAX_BLOCK_SIZE, max(block_bytes, 1 << 20))
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # A task's own error (a BadInputError naming the shard and row), not Ray Data's UserCodeException.
+    context.raise_original_map_exception = True
     # Ray Data's v2 Parquet reader starts 32 FooterReader actors per read (every stream epoch),
     # each needing a whole free CPU to be placed: minutes of worker start-up on a small machine,
     # and a hang on a cluster whose free CPUs are split below 1 per node (benchmarks/parquet_read.py).
@@ -320,12 +324,11 @@ def run_job(
             emit({**event, **_eta_fields(event, stage_epochs, expected_count)})
 
         with ProgressPoller(board, forward, extra) as poller:
-            data_started = time.perf_counter()
-            train, check, data_info = build_datasets(
-                job, plan, resources, expected_count + held_rows, held_rows, board_name, poller.emit, pools, shared_store
+            build = functools.partial(
+                build_datasets, job, plan, resources, expected_count + held_rows, held_rows, board_name, poller.emit, pools, shared_store
             )
-            data_seconds = time.perf_counter() - data_started
             fit_started_at = time.time()  # the origin of the workers' timeline (wall clock: they run elsewhere)
+            handoff = DatasetHandoff(board, board_name, build)  # builds while Ray Train starts its workers
             trainer = TorchTrainer(
                 train_loop,
                 train_loop_config={
@@ -353,11 +356,19 @@ def run_job(
                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                     callbacks=train_callbacks,
                 ),
-                datasets={"train": train, "check": check},
+                datasets=handoff.factories(),
+                # A lone worker reads the datasets whole: a split would start a coordinator actor
+                # per dataset (a process each, seconds on a small machine) to feed one reader.
+                dataset_config=ray.train.DataConfig(datasets_to_split="all" if resources.train_workers > 1 else []),
             )
             fit_started = time.perf_counter()
-            result = trainer.fit()
+            try:
+                result = trainer.fit()
+            except Exception:
+                handoff.result()  # a failed build raises its own error (it names the file or field)
+                raise
             fit_seconds = time.perf_counter() - fit_started
+            data_info = handoff.result()
             placement = _placement(board)
     finally:
         if pools is not None:
@@ -368,7 +379,6 @@ def run_job(
     return _finish(job, plan, weights, saved, resources, {
         **data_info,
         "ray_start_seconds": round(ray_seconds, 2),
-        "data_seconds": round(data_seconds, 2),
         "fit_started_at": fit_started_at,
         "fit_seconds": round(fit_seconds, 2),
         "seconds": round(time.perf_counter() - started, 2),

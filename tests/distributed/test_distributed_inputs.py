@@ -71,3 +71,32 @@ def test_ray_data_reads_a_dataset_directory(ray_cluster, pool):
     ds = ray.data.read_parquet(str(pool / "train"))
     assert ds.count() == rows
     assert {"id", "image", "shape"} <= set(ds.schema().names)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["store", "stream"])
+def test_an_image_that_fails_only_in_the_data_pass_stops_the_job_with_its_own_error(ray_cluster, new_job, pool, tmp_path, mode):
+    """The job's datasets are built while Ray Train starts (`handoff`): a row the up-front checks
+    do not read (they decode each shard's first rows) fails in the data pass, and the job ends
+    with that error, naming the data, rather than with Ray Train's or a hang."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from ray_amalgam.io.metafile import LISTED_FILES
+
+    train = tmp_path / "train"
+    shutil.copytree(pool / "train", train)
+    manifest = json.loads((train / "_dataset.json").read_text())
+    del manifest[LISTED_FILES]  # as in a directory edited by hand
+    (train / "_dataset.json").write_text(json.dumps(manifest))
+    shard = train / "part-00001.parquet"
+    table = pq.read_table(shard)
+    images = table.column("image").to_pylist()
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [[*images[:-1], b"not an image"]]), shard)
+    job = new_job(teacher_outputs=mode, data={"train": str(train)})
+    with pytest.raises(BadInputError, match=r"row \d+: not a decodable image") as error:
+        run_job(job, "job.yaml")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "out" / "report.json").exists()

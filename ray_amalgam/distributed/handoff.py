@@ -1,0 +1,85 @@
+"""The job's datasets, built on a driver thread while Ray Train starts, handed to its controller.
+
+Ray Train spends seconds before a worker runs a line of the loop: a controller process, the
+worker processes, their imports (14-18 s for an empty loop on a 2-core machine). The store
+pass, or stream mode's teacher actors and check targets, need not wait for that: `fit` starts
+at once with dataset factories, and the controller calls them only once its workers exist; each
+waits on the job's board for what this thread posted there.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+import ray.data
+
+from ray_amalgam.distributed.progress import board_handle
+from ray_amalgam.spec import BadInputError
+
+POLL_S = 0.2
+DATASET_NAMES = ("train", "check")
+
+Built = tuple[dict[str, ray.data.Dataset], dict[str, Any]]
+
+
+class DataBuildFailed(RuntimeError):
+    """Raised in the controller when the driver could not build the datasets (the driver raises the cause)."""
+
+
+def posted_dataset(board_name: str, name: str) -> ray.data.Dataset:
+    """In Ray Train's controller: wait for the driver to post the job's datasets; return `name`."""
+    board = board_handle(board_name)
+    while (posted := ray.get(board.datasets.remote())) is None:
+        time.sleep(POLL_S)
+    if name not in posted:
+        raise DataBuildFailed("the job's datasets could not be built; the driver reports why")
+    return posted[name]
+
+
+def named_error(error: BaseException) -> BaseException:
+    """A bad row's own one-line BadInputError, out of the Ray task error that carried it from a
+    Ray Data task (whose message Ray Data extends with retry advice); any other error as it is."""
+    cause = getattr(error, "cause", None)
+    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(cause, BadInputError):
+        return BadInputError(str(cause).splitlines()[0])
+    return error
+
+
+class DatasetHandoff:
+    """Starts `build` (returning the datasets by name and facts about them) on a driver thread,
+    which posts the datasets, or the failure, to the board; `factories()` are Ray Train's `datasets`."""
+
+    def __init__(self, board: Any, board_name: str, build: Callable[[], Built]) -> None:
+        self._board = board
+        self._board_name = board_name
+        self._build = build
+        self._info: dict[str, Any] = {}
+        self._error: BaseException | None = None
+        # A daemon: a job cut short (Ctrl-C, a failed fit) does not wait for the build to end.
+        self._thread = threading.Thread(target=self._run, name="ray-amalgam-datasets", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            datasets, info = self._build()
+            self._info = {**info, "data_seconds": round(time.perf_counter() - started, 2)}
+        except BaseException as error:  # noqa: BLE001 - handed to the driver's thread in `result`
+            self._error = error
+            datasets = {}
+        self._board.post_datasets.remote(datasets)
+
+    def factories(self) -> dict[str, Callable[[], ray.data.Dataset]]:
+        return {name: functools.partial(posted_dataset, self._board_name, name) for name in DATASET_NAMES}
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the build; re-raise its error here, or return its facts (with `data_seconds`)."""
+        self._thread.join()
+        if self._error is not None:
+            raise named_error(self._error) from self._error.__cause__
+        return self._info
