@@ -60,7 +60,7 @@ class DatasetHandoff:
         self._build = build
         self._info: dict[str, Any] = {}
         self._error: BaseException | None = None
-        # A daemon: a job cut short (Ctrl-C, a failed fit) does not wait for the build to end.
+        # A daemon: a job cut short by Ctrl-C does not wait for the build to end.
         self._thread = threading.Thread(target=self._run, name="ray-amalgam-datasets", daemon=True)
         self._thread.start()
 
