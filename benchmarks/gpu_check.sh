@@ -14,6 +14,6 @@ timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/throughput.py --json --device
   --teacher-width 1.0 --student-width 0.5 > "$OUT/throughput_cuda.json" 2> "$OUT/throughput_cuda.err"
 echo "throughput exit $?"
 cat "$OUT/throughput_cuda.json"
-grep -v "WARNING\|Token auth" "$OUT/throughput_cuda.err" | grep -E "^(ceiling|naive|stream|store): |Error|error|Traceback" | tail -30
+grep -v "WARNING\|Token auth" "$OUT/throughput_cuda.err" | grep -E "^(ceiling|naive|local|ray_train_floor|stream|store): |Error|error|Traceback" | tail -30
 # Ray Train's own account of each run's worker-group start (where the time before the first batch goes).
 mkdir -p "$OUT/train_logs" && cp /tmp/ray/session_latest/logs/train/ray-train-sys-controller-*.log "$OUT/train_logs/" 2>/dev/null

@@ -4,7 +4,10 @@
 (b) naive: one process, the teachers run inside every training step: the plain loop a user
     would otherwise write, timed as a whole job (data load + every stage);
 (c) stream: this project's Ray pipeline, teachers live in long-lived actors every epoch;
-(d) store: this project's Ray pipeline reading the teacher-output store.
+(d) store: this project's Ray pipeline reading the teacher-output store;
+(e) local: `ray-amalgam amalgamate`, this project's in-process command (one teacher pass, then
+    every stage on targets in memory), timed as a whole job like the Ray jobs (evaluation and
+    report included): what a one-machine user can run instead of `run`.
 
 Also: where the Ray jobs' fixed cost goes (Ray start, store pass, worker start, per-stage
 model preparation, first batch, fidelity check, checkpoint report, shutdown), Ray Train's own
@@ -35,6 +38,7 @@ import torch
 from ray_amalgam.amalgamation import (
     FINETUNE,
     Amalgamator,
+    amalgamate_local,
     compute_targets,
     load_pool,
     teacher_outputs,
@@ -152,6 +156,14 @@ def in_process(job: JobSpec, naive: bool, device: torch.device) -> dict[str, flo
     return {"block1": rates["block1"], FINETUNE: rates[FINETUNE], "job_s": time.time() - started_at, "started_at": started_at}
 
 
+def local_job(root: Path, args: argparse.Namespace) -> dict[str, float]:
+    """`ray-amalgam amalgamate` on the same rows, stages and batch size: its whole wall time."""
+    job = job_for(root, "store", args)
+    started_at = time.time()
+    amalgamate_local(job.model_copy(update={"output": str(root / "out_local")}), source="bench")
+    return {"job_s": time.time() - started_at, "started_at": started_at}
+
+
 def in_process_gpu_util(side: dict[str, float], sampler: GpuSampler) -> float | None:
     return sampler.mean(side["started_at"], side["started_at"] + side["job_s"])
 
@@ -260,6 +272,7 @@ def measure(args: argparse.Namespace) -> None:
         prepare(root, args.rows, args.image_size, args.teacher_width)
         ceiling = done("ceiling", in_process(job_for(root, "store", args), naive=False, device=device))
         naive = done("naive", in_process(job_for(root, "store", args), naive=True, device=device))
+        local = done("local", local_job(root, args))
         ray_started = time.perf_counter()
         connect(job_for(root, "store", args), len(TEACHERS), None)
         ray_start_s = time.perf_counter() - ray_started
@@ -279,6 +292,7 @@ def measure(args: argparse.Namespace) -> None:
             "store_job_vs_naive": naive_job_s / store_job_s,
             "whole_job_vs_naive": naive["job_s"] / store["job_s"],
             "whole_job_vs_naive_stream": naive["job_s"] / stream["job_s"],
+            "whole_job_vs_local": local["job_s"] / store["job_s"],
         },
         "fixed_costs_s": {
             "ray_start": round(ray_start_s, 2),
@@ -293,11 +307,12 @@ def measure(args: argparse.Namespace) -> None:
         "ray_train_floor_s": floor,
         # Per epoch: data_wait_s is the steady-state time the step sat waiting for its next batch.
         "epochs": {"stream": stream["epochs"], "store": store["epochs"]},
-        "whole_job_s": {"ceiling": ceiling["job_s"], "naive": naive["job_s"], "stream": stream["job_s"], "store": store["job_s"]},
+        "whole_job_s": {"ceiling": ceiling["job_s"], "naive": naive["job_s"], "local": local["job_s"], "stream": stream["job_s"], "store": store["job_s"]},
         "gpu_utilization_pct": {
             "stream_training": stream["gpu_util_training"], "store_training": store["gpu_util_training"],
             "stream_job": stream["gpu_util_job"], "store_job": store["gpu_util_job"],
             "ceiling_job": in_process_gpu_util(ceiling, sampler), "naive_job": in_process_gpu_util(naive, sampler),
+            "local_job": in_process_gpu_util(local, sampler),
         } if sampler.available else None,
         "block1_samples_per_s": {"ceiling": ceiling["block1"], "naive": naive["block1"], "stream": stream["block1"], "store": store["block1"]},
         "setup": {"rows": args.rows, "image_size": args.image_size, "batch_size": args.batch_size, "job_epochs": JOB_EPOCHS,

@@ -57,11 +57,6 @@ def with_answers(batch: dict[str, np.ndarray], calls: list[Any]) -> dict[str, np
     return merged
 
 
-def append_teacher_outputs(batch: dict[str, np.ndarray], actors: dict[str, list[Any]]) -> dict[str, np.ndarray]:
-    """The batch with every teacher's outputs appended."""
-    return with_answers(batch, ask_teachers(batch[IMAGE], actors))
-
-
 STORE_PART = "part-{index:05d}.parquet"
 """A teacher store's file for data shard `index`: its rows in the shard's order."""
 

@@ -18,7 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ray_amalgam.amalgamation import AmalgamationPlan, TeacherRunner, load_teacher_model
 from ray_amalgam.amalgamation.runner import HOLDOUT_FRACTION
-from ray_amalgam.distributed.data_tasks import append_teacher_outputs, ask_teachers, decode_images, holdout_rows, with_answers
+from ray_amalgam.distributed.data_tasks import ask_teachers, decode_images, holdout_rows, with_answers
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.distributed.resources import ResourcePlan, check_placement, teacher_pool_sizes
 from ray_amalgam.io.fs import resolve
@@ -128,17 +128,6 @@ class TeacherFeed:
                 yield with_answers(*pending.popleft())
         while pending:
             yield with_answers(*pending.popleft())
-
-
-def with_teachers(ds: ray.data.Dataset, pools: TeacherPools, resources: ResourcePlan, batch_size: int) -> ray.data.Dataset:
-    """Append every teacher's outputs: small CPU tasks that call the long-lived teacher actors."""
-    return ds.map_batches(
-        append_teacher_outputs,
-        fn_kwargs={"actors": pools.actors},
-        batch_size=batch_size,
-        batch_format="numpy",
-        num_cpus=resources.data_task_cpus,
-    )
 
 
 def holdout_split(ds: ray.data.Dataset, held: bool, resources: ResourcePlan) -> ray.data.Dataset:

@@ -39,7 +39,6 @@ from ray_amalgam.distributed.pipeline import (
     holdout_split,
     id_digest,
     read_rows,
-    with_teachers,
 )
 from ray_amalgam.distributed.progress import (
     ProgressBoard,
@@ -125,7 +124,7 @@ def split_and_decode(
 
 def build_datasets(
     job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, total_rows: int, held_rows: int, board: str,
-    emit: Callable[[dict[str, Any]], None], pools: TeacherPools | None, shared_store: Store | None = None,
+    emit: Callable[[dict[str, Any]], None], shared_store: Store | None = None,
 ) -> Built:
     """The `train` and `check` datasets in the engine's batch format, and how they were made.
 
@@ -135,9 +134,9 @@ def build_datasets(
     `store`: one teacher pass writes (or reuses) the store; in memory, the training rows are
     split off and decoded once, so epochs run no task at all.
     `stream`: the training rows only (decoded; in memory, only augmentation is repeated): the
-    train workers ask `pools` (long-lived teacher actors) for every batch's outputs themselves.
-    The check rows (the small held-out share for fidelity) are materialized in both modes:
-    their targets never change.
+    train workers ask the job's long-lived teacher actors for every batch's outputs themselves,
+    the check rows' too (at their first fidelity check), so the build never waits for the actors.
+    The check rows (the small held-out share for fidelity) are materialized in both modes.
     `shared_store`: a store built beforehand for a superset of the job's tasks (a sweep's); the
     job reads its own columns from it and runs no teacher.
     """
@@ -160,14 +159,12 @@ def build_datasets(
         check = split_and_decode(rows, store.url, held, resources, batch).materialize()
         info["store_load_seconds"] = round(time.perf_counter() - started, 2)
         return {"train": train, "check": check}, info
-    assert pools is not None, "stream mode needs teacher pools"
     rows = read_rows(list_shards(job.data.train), [ID, IMAGE], resources)
     rows = rows.materialize() if in_memory else rows
     augment = job.schedule.augment
     train = split_and_decode(rows, job.data.train, False, resources, batch, augment=augment)
     train = train.materialize() if in_memory and not augment else train
-    emit({"kind": "check_targets", "phase": "computing"})
-    check = with_teachers(split_and_decode(rows, job.data.train, held, resources, batch), pools, resources, batch).materialize()
+    check = split_and_decode(rows, job.data.train, held, resources, batch).materialize()
     return {"train": train, "check": check}, info  # the train workers ask the pools themselves (TeacherFeed)
 
 
@@ -325,7 +322,7 @@ def run_job(
 
         with ProgressPoller(board, forward, extra) as poller:
             build = functools.partial(
-                build_datasets, job, plan, resources, expected_count + held_rows, held_rows, board_name, poller.emit, pools, shared_store
+                build_datasets, job, plan, resources, expected_count + held_rows, held_rows, board_name, poller.emit, shared_store
             )
             fit_started_at = time.time()  # the origin of the workers' timeline (wall clock: they run elsewhere)
             handoff = DatasetHandoff(board, board_name, build)  # builds while Ray Train starts its workers

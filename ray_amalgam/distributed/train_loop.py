@@ -170,12 +170,44 @@ def run_epoch(
     }
 
 
-def _fidelity(engine: Amalgamator, shard: Any) -> tuple[dict[str, float], int]:
+CHECK_KEEP_BYTES = 256 * 2**20
+"""Check rows (with their teachers' outputs) a worker keeps after its first fidelity check;
+a larger share is read, and in stream mode answered by the teachers, again at every check."""
+
+
+class CheckRows:
+    """This worker's part of the check rows as engine batches (ids dropped). Stream mode: `feed`
+    asks the teacher actors for their outputs, so the job's data build never waits for them to
+    start. The rows and their targets never change, so the first full pass is kept (up to
+    CHECK_KEEP_BYTES) and later checks replay it."""
+
+    def __init__(self, shard: Any, device: torch.device, feed: TeacherFeed | None) -> None:
+        self.shard, self.device, self.feed = shard, device, feed
+        self._kept: list[dict[str, torch.Tensor]] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[dict[str, torch.Tensor]] | None = []
+        size = 0
+        for batch in batches(self.shard, FIDELITY_BATCH, self.device, self.feed):
+            batch = {k: v for k, v in batch.items() if k != ID}
+            if kept is not None:
+                size += sum(v.nbytes for v in batch.values())
+                if size > CHECK_KEEP_BYTES:
+                    kept = None
+                else:
+                    kept.append(batch)
+            yield batch
+        self._kept = kept
+
+
+def _fidelity(engine: Amalgamator, check: CheckRows) -> tuple[dict[str, float], int]:
     """Fidelity on this worker's part of the check rows, summed over all workers, and the row
     count: every worker gets the same numbers, so branch-out decides the same everywhere (DDP
     needs one structure)."""
-    rows = batches(shard, FIDELITY_BATCH, engine.device)
-    sums, count = engine.fidelity_sums({k: v for k, v in b.items() if k != ID} for b in rows)
+    sums, count = engine.fidelity_sums(check)
     tasks = list(engine.plan.task_names)
     reduced = sum_across_workers([sums.get(t, 0.0) for t in tasks] + [float(count)])
     total = max(reduced[-1], 1.0)
@@ -218,7 +250,7 @@ def train_loop(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     teachers = config.get("teacher_actors")
     feed = TeacherFeed(teachers, FEED_WINDOW) if teachers else None
-    check_shard = ray.train.get_dataset_shard("check")
+    check = CheckRows(ray.train.get_dataset_shard("check"), device, feed)
     stages = engine.stage_names()
     for index, stage in enumerate(stages):
         if stage in engine.progress()["finished"]:
@@ -237,9 +269,9 @@ def train_loop(config: dict[str, Any]) -> None:
                     history["epochs"].append(run_epoch(engine, model, train_shard, stage, epoch, epochs, job, world, reporter, feed))
                 if epoch < epochs and engine.keeps_best(stage):
                     with timeline.span("fidelity", stage):
-                        engine.keep_if_best(_fidelity(engine, check_shard)[0], epoch)
+                        engine.keep_if_best(_fidelity(engine, check)[0], epoch)
             with timeline.span("fidelity", stage):
-                fidelity, samples = _fidelity(engine, check_shard)
+                fidelity, samples = _fidelity(engine, check)
         else:
             fidelity, samples = {}, 0
         record = engine.finish_stage(stage, fidelity, samples)

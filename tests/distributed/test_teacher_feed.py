@@ -1,13 +1,18 @@
 """TeacherFeed: a train worker's batches get their own teachers' outputs, in order, with several
-calls in flight across each pool's actors."""
+calls in flight across each pool's actors. CheckRows: stream mode's check rows are answered by the
+teachers once per job, while they fit the worker's memory cap."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import ray
+import ray.data
+import torch
 
+from ray_amalgam.distributed import train_loop
 from ray_amalgam.distributed.pipeline import TeacherFeed
+from ray_amalgam.distributed.train_loop import CheckRows
 
 
 @ray.remote(num_cpus=0)
@@ -39,3 +44,34 @@ def test_every_batch_gets_its_own_outputs_in_order(ray_cluster):
         np.testing.assert_array_equal(batch["logits/t2/sum"], 2 * sums)
     assert ray.get([actor.count.remote() for actor in pools["A"]]) == [5, 5], "a pool's actors take turns"
     assert ray.get(pools["B"][0].count.remote()) == 10
+
+
+def _check_dataset(rows: int) -> ray.data.Dataset:
+    rng = np.random.default_rng(1)
+    return ray.data.from_items([{"id": str(i), "image": rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)} for i in range(rows)])
+
+
+@pytest.mark.timeout(120)
+def test_check_rows_ask_the_teachers_once_and_replay_their_answers(ray_cluster):
+    teacher = EchoTeacher.remote(1.0)
+    check = CheckRows(_check_dataset(600), torch.device("cpu"), TeacherFeed({"A": [teacher]}, window=2))
+    first = list(check)
+    calls = ray.get(teacher.count.remote())
+    assert calls == 3, "600 rows in batches of 256"
+    second = list(check)
+    assert ray.get(teacher.count.remote()) == calls, "the kept answers are replayed, not asked again"
+    assert sum(len(b["image"]) for b in second) == 600
+    for a, b in zip(first, second, strict=True):
+        assert "id" not in b
+        torch.testing.assert_close(a["logits/t1/sum"], b["logits/t1/sum"])
+        torch.testing.assert_close(a["logits/t1/sum"], b["image"].reshape(len(b["image"]), -1).sum(dim=1).float())
+
+
+@pytest.mark.timeout(120)
+def test_check_rows_beyond_the_memory_cap_are_asked_again_at_every_check(ray_cluster, monkeypatch):
+    monkeypatch.setattr(train_loop, "CHECK_KEEP_BYTES", 1024)
+    teacher = EchoTeacher.remote(1.0)
+    check = CheckRows(_check_dataset(600), torch.device("cpu"), TeacherFeed({"A": [teacher]}, window=2))
+    assert sum(len(b["image"]) for b in check) == 600
+    assert sum(len(b["image"]) for b in check) == 600
+    assert ray.get(teacher.count.remote()) == 6
