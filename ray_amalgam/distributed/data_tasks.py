@@ -78,12 +78,12 @@ TeacherOutputs = Callable[[np.ndarray], dict[str, dict[str, np.ndarray]]]
 
 
 def write_shard_outputs(
-    shard_url: str, index: int, outputs_of: TeacherOutputs, targets: dict[str, str], batch_size: int, where: str,
+    shard_url: str, index: int, outputs_of: TeacherOutputs, targets: dict[str, str], batch_size: int,
 ) -> int:
     """One teacher pass over one data shard: `outputs_of` gives every teacher's outputs for each
     batch, and each teacher's go to its own store (`targets[teacher]`), one Parquet file per
     shard in the shard's row order, so that stores of different teachers line up row by row.
-    Returns the row count."""
+    Returns the row count; a bad image's error names the shard and its row there."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -95,7 +95,7 @@ def write_shard_outputs(
     rows = 0
     try:
         for batch in iter_shard_batches(shard_url, [ID, IMAGE], batch_size):
-            pixels = decode_batch(batch.column(IMAGE).to_pylist(), where, first_row=rows)
+            pixels = decode_batch(batch.column(IMAGE).to_pylist(), shard_url, first_row=rows)
             for name, outputs in outputs_of(pixels).items():
                 table = pa.table({ID: batch.column(ID), **{store_column(name, k): _arrow_column(v) for k, v in outputs.items()}})
                 if name not in writers:
@@ -114,14 +114,14 @@ def write_shard_outputs(
 
 @ray.remote
 def write_teacher_outputs(
-    shard_url: str, index: int, actors: dict[str, list[Any]], targets: dict[str, str], batch_size: int, where: str,
+    shard_url: str, index: int, actors: dict[str, list[Any]], targets: dict[str, str], batch_size: int,
 ) -> int:
     """`write_shard_outputs` as a Ray task, asking one actor of every teacher pool per batch."""
 
     def outputs_of(pixels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         return dict(zip(actors, ray.get(ask_teachers(pixels, actors))))
 
-    return write_shard_outputs(shard_url, index, outputs_of, targets, batch_size, where)
+    return write_shard_outputs(shard_url, index, outputs_of, targets, batch_size)
 
 
 def join_teacher_stores(

@@ -2,7 +2,7 @@
 
 Ray Train spends seconds before a worker runs a line of the loop: a controller process, the
 worker processes, their imports (14-18 s for an empty loop on a 2-core machine). The store
-pass, or stream mode's teacher actors and check targets, need not wait for that: `fit` starts
+pass, or stream mode's reads and decodes, need not wait for that: `fit` starts
 at once with dataset factories, and the controller calls them only once its workers exist; each
 waits on the job's board for what this thread posted there.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import ray
 import ray.data
 
+from ray_amalgam.distributed.errors import named_error
 from ray_amalgam.distributed.progress import board_handle
-from ray_amalgam.spec import BadInputError
 
 POLL_S = 0.2
 DATASET_NAMES = ("train", "check")
@@ -39,15 +39,6 @@ def posted_dataset(board_name: str, name: str) -> ray.data.Dataset:
     if name not in posted:
         raise DataBuildFailed("the job's datasets could not be built; the driver reports why")
     return posted[name]
-
-
-def named_error(error: BaseException) -> BaseException:
-    """A bad row's own one-line BadInputError, out of the Ray task error that carried it from a
-    Ray Data task (whose message Ray Data extends with retry advice); any other error as it is."""
-    cause = getattr(error, "cause", None)
-    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(cause, BadInputError):
-        return BadInputError(str(cause).splitlines()[0])
-    return error
 
 
 class DatasetHandoff:

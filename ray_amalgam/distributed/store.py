@@ -29,6 +29,7 @@ import torch
 
 from ray_amalgam.amalgamation import AmalgamationPlan, StoredTargets, TeacherRunner, hint_key, load_teacher_model, logits_key
 from ray_amalgam.distributed.data_tasks import join_teacher_stores, store_column, write_shard_outputs, write_teacher_outputs
+from ray_amalgam.distributed.errors import named_error
 from ray_amalgam.distributed.pipeline import TeacherPools
 from ray_amalgam.distributed.resources import ResourcePlan
 from ray_amalgam.io.checkpoints import checkpoint_hash
@@ -160,7 +161,7 @@ def ensure_store(
     if missing:
         for name in missing:
             _remove_replaced(root, split, plan.checkpoints[name], keep=urls[name])
-        manifests.update(_teacher_pass(job, _all_heads(plan, missing), shards, data_url, {n: urls[n] for n in missing},
+        manifests.update(_teacher_pass(job, _all_heads(plan, missing), shards, {n: urls[n] for n in missing},
                                        {n: keys[n] for n in missing}, resources, board_name))
     rows = {int(m["num_rows"]) for m in manifests.values()}
     assert len(rows) == 1, f"teacher stores of {data_url} hold different row counts {sorted(rows)}"
@@ -192,7 +193,7 @@ def pass_device(job: JobSpec, resources: ResourcePlan, shards: list[str], input_
 
 
 def _teacher_pass(
-    job: JobSpec, plan: AmalgamationPlan, shards: list[str], data_url: str, urls: dict[str, str],
+    job: JobSpec, plan: AmalgamationPlan, shards: list[str], urls: dict[str, str],
     keys: dict[str, tuple[str, dict[str, Any]]], resources: ResourcePlan, board_name: str | None,
 ) -> dict[str, dict[str, Any]]:
     """Run the plan's teachers over every shard, each writing its own store: in the driver, shard
@@ -207,14 +208,18 @@ def _teacher_pass(
             def outputs_of(pixels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
                 return {runner.name: runner.outputs(pixels) for runner in runners}
 
-            rows = [write_shard_outputs(shard, index, outputs_of, targets, batch_size, data_url) for index, shard in enumerate(shards)]
+            rows = [write_shard_outputs(shard, index, outputs_of, targets, batch_size) for index, shard in enumerate(shards)]
         else:
             pools = stack.enter_context(TeacherPools(plan, resources, None, board_name))
-            rows = ray.get([
+            calls = [
                 write_teacher_outputs.options(num_cpus=resources.data_task_cpus).remote(
-                    shard, index, pools.actors, targets, batch_size, data_url)
+                    shard, index, pools.actors, targets, batch_size)
                 for index, shard in enumerate(shards)
-            ])
+            ]
+            try:
+                rows = ray.get(calls)
+            except ray.exceptions.RayTaskError as error:  # a bad row: its own one-line error
+                raise named_error(error) from None
         manifests = {}
         for name, target in targets.items():
             key, inputs = keys[name]

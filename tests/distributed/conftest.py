@@ -35,6 +35,28 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def train_with_a_late_bad_image(pool: Path, into: Path) -> Path:
+    """A copy of the pool's training data whose second shard's last image is not an image: a row
+    the up-front checks (each shard's first rows) never decode, so only a data pass meets it."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from ray_amalgam.io.metafile import LISTED_FILES
+
+    train = into / "train"
+    shutil.copytree(pool / "train", train)
+    manifest = json.loads((train / "_dataset.json").read_text())
+    del manifest[LISTED_FILES]  # as in a directory edited by hand
+    (train / "_dataset.json").write_text(json.dumps(manifest))
+    shard = train / "part-00001.parquet"
+    table = pq.read_table(shard)
+    images = table.column("image").to_pylist()
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [[*images[:-1], b"not an image"]]), shard)
+    return train
+
+
 def job_dict(pool: Path, output: Path, **overrides: Any) -> dict[str, Any]:
     """A tiny job: shape (teacher A) + position (teacher B), 1 epoch per stage."""
     job: dict[str, Any] = {

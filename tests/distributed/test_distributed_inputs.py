@@ -7,6 +7,8 @@ import pytest
 from ray_amalgam.distributed import run_job
 from ray_amalgam.spec import BadInputError
 
+from .conftest import train_with_a_late_bad_image
+
 
 @pytest.mark.timeout(60)
 def test_missing_teacher_checkpoint(new_job, tmp_path):
@@ -79,22 +81,7 @@ def test_an_image_that_fails_only_in_the_data_pass_stops_the_job_with_its_own_er
     """The job's datasets are built while Ray Train starts (`handoff`): a row the up-front checks
     do not read (they decode each shard's first rows) fails in the data pass, and the job ends
     with that error, naming the data, rather than with Ray Train's or a hang."""
-    import json
-    import shutil
-
-    import pyarrow.parquet as pq
-
-    from ray_amalgam.io.metafile import LISTED_FILES
-
-    train = tmp_path / "train"
-    shutil.copytree(pool / "train", train)
-    manifest = json.loads((train / "_dataset.json").read_text())
-    del manifest[LISTED_FILES]  # as in a directory edited by hand
-    (train / "_dataset.json").write_text(json.dumps(manifest))
-    shard = train / "part-00001.parquet"
-    table = pq.read_table(shard)
-    images = table.column("image").to_pylist()
-    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [[*images[:-1], b"not an image"]]), shard)
+    train = train_with_a_late_bad_image(pool, tmp_path)
     job = new_job(teacher_outputs=mode, data={"train": str(train)})
     with pytest.raises(BadInputError, match=r"row \d+: not a decodable image") as error:
         run_job(job, "job.yaml")

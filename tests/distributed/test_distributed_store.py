@@ -24,8 +24,9 @@ from ray_amalgam.distributed.store import (
 )
 from ray_amalgam.io.checkpoints import read_teacher_meta
 from ray_amalgam.io.shards import list_shards
+from ray_amalgam.spec import BadInputError
 
-from .conftest import TEACHER_TASKS, make_teacher
+from .conftest import TEACHER_TASKS, make_teacher, train_with_a_late_bad_image
 
 
 def _plan(job):
@@ -108,3 +109,17 @@ def test_driver_and_actor_passes_write_the_same_store(ray_cluster, new_job, tmp_
     assert sorted(actor_columns) == sorted(driver_columns) == ["logits/A/shape", "logits/B/position"]
     for column, values in actor_columns.items():
         np.testing.assert_allclose(driver_columns[column], values, rtol=1e-4, atol=1e-5, err_msg=column)
+
+
+@pytest.mark.timeout(300)
+def test_a_bad_image_in_the_actor_pass_ends_it_with_its_own_one_line_error(ray_cluster, new_job, pool, tmp_path):
+    """The pass on actor pools (a sweep's store on a cluster, or `store_pass: actors`) meets a bad
+    row in a Ray task: the caller gets the row's BadInputError, not the task's traceback, and no
+    store is committed."""
+    train = train_with_a_late_bad_image(pool, tmp_path)
+    job = new_job(data={"train": str(train)}, resources={"store_pass": "actors"})
+    root = tmp_path / "store"
+    with pytest.raises(BadInputError, match=r"train/part-00001.parquet row 79: not a decodable image") as error:
+        ensure_store(job, _plan(job), "train", job.data.train, str(root), plan_resources(job, 2, local=True), [], None)
+    assert "\n" not in str(error.value)
+    assert not list(root.glob(f"*/{MANIFEST}"))
