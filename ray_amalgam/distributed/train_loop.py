@@ -178,29 +178,40 @@ a larger share is read, and in stream mode answered by the teachers, again at ev
 class CheckRows:
     """This worker's part of the check rows as engine batches (ids dropped). Stream mode: `feed`
     asks the teacher actors for their outputs, so the job's data build never waits for them to
-    start. The rows and their targets never change, so the first full pass is kept (up to
-    CHECK_KEEP_BYTES) and later checks replay it."""
+    start. The rows and their targets never change, so a full pass that fits CHECK_KEEP_BYTES
+    is replayed at later checks, once `settle` says every worker keeps its own."""
 
     def __init__(self, shard: Any, device: torch.device, feed: TeacherFeed | None) -> None:
         self.shard, self.device, self.feed = shard, device, feed
         self._kept: list[dict[str, torch.Tensor]] | None = None
+        self._last_pass: list[dict[str, torch.Tensor]] | None = None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self._kept is not None:
             yield from self._kept
             return
-        kept: list[dict[str, torch.Tensor]] | None = []
-        size = 0
+        self._last_pass, size = [], 0
         for batch in batches(self.shard, FIDELITY_BATCH, self.device, self.feed):
             batch = {k: v for k, v in batch.items() if k != ID}
-            if kept is not None:
+            if self._last_pass is not None:
                 size += sum(v.nbytes for v in batch.values())
                 if size > CHECK_KEEP_BYTES:
-                    kept = None
+                    self._last_pass = None
                 else:
-                    kept.append(batch)
+                    self._last_pass.append(batch)
             yield batch
-        self._kept = kept
+
+    @property
+    def over_cap(self) -> bool:
+        """This worker read its rows and could not keep them."""
+        return self._kept is None and self._last_pass is None
+
+    def settle(self, every_worker_keeps: bool) -> None:
+        """After a check: keep the pass only if every worker does. A split dataset's workers read
+        it in step, so one worker alone reading it again would wait for the others forever."""
+        if self._kept is None and every_worker_keeps:
+            self._kept = self._last_pass
+        self._last_pass = None
 
 
 def _fidelity(engine: Amalgamator, check: CheckRows) -> tuple[dict[str, float], int]:
@@ -209,9 +220,10 @@ def _fidelity(engine: Amalgamator, check: CheckRows) -> tuple[dict[str, float], 
     needs one structure)."""
     sums, count = engine.fidelity_sums(check)
     tasks = list(engine.plan.task_names)
-    reduced = sum_across_workers([sums.get(t, 0.0) for t in tasks] + [float(count)])
-    total = max(reduced[-1], 1.0)
-    return {t: reduced[i] / total for i, t in enumerate(tasks) if t in sums}, int(reduced[-1])
+    reduced = sum_across_workers([sums.get(t, 0.0) for t in tasks] + [float(count), float(check.over_cap)])
+    check.settle(every_worker_keeps=reduced[-1] == 0)
+    total = max(reduced[-2], 1.0)
+    return {t: reduced[i] / total for i, t in enumerate(tasks) if t in sums}, int(reduced[-2])
 
 
 def train_loop(config: dict[str, Any]) -> None:

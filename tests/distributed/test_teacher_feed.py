@@ -56,10 +56,11 @@ def test_check_rows_ask_the_teachers_once_and_replay_their_answers(ray_cluster):
     teacher = EchoTeacher.remote(1.0)
     check = CheckRows(_check_dataset(600), torch.device("cpu"), TeacherFeed({"A": [teacher]}, window=2))
     first = list(check)
-    calls = ray.get(teacher.count.remote())
-    assert calls == 3, "600 rows in batches of 256"
+    assert ray.get(teacher.count.remote()) == 3, "600 rows in batches of 256"
+    assert not check.over_cap
+    check.settle(every_worker_keeps=True)
     second = list(check)
-    assert ray.get(teacher.count.remote()) == calls, "the kept answers are replayed, not asked again"
+    assert ray.get(teacher.count.remote()) == 3, "the kept answers are replayed, not asked again"
     assert sum(len(b["image"]) for b in second) == 600
     for a, b in zip(first, second, strict=True):
         assert "id" not in b
@@ -68,10 +69,22 @@ def test_check_rows_ask_the_teachers_once_and_replay_their_answers(ray_cluster):
 
 
 @pytest.mark.timeout(120)
-def test_check_rows_beyond_the_memory_cap_are_asked_again_at_every_check(ray_cluster, monkeypatch):
-    monkeypatch.setattr(train_loop, "CHECK_KEEP_BYTES", 1024)
+def test_check_rows_are_read_again_when_any_worker_cannot_keep_its_own(ray_cluster, monkeypatch):
+    """Beyond the cap a worker reads (and asks for) its rows at every check; so does a worker
+    under the cap when another is over it: a split dataset's workers read it in step."""
     teacher = EchoTeacher.remote(1.0)
-    check = CheckRows(_check_dataset(600), torch.device("cpu"), TeacherFeed({"A": [teacher]}, window=2))
-    assert sum(len(b["image"]) for b in check) == 600
-    assert sum(len(b["image"]) for b in check) == 600
+    fits = CheckRows(_check_dataset(600), torch.device("cpu"), TeacherFeed({"A": [teacher]}, window=2))
+    list(fits)
+    assert not fits.over_cap
+    fits.settle(every_worker_keeps=False)
+    assert sum(len(b["image"]) for b in fits) == 600
     assert ray.get(teacher.count.remote()) == 6
+
+    monkeypatch.setattr(train_loop, "CHECK_KEEP_BYTES", 1024)
+    other = EchoTeacher.remote(1.0)
+    over = CheckRows(_check_dataset(600), torch.device("cpu"), TeacherFeed({"A": [other]}, window=2))
+    assert sum(len(b["image"]) for b in over) == 600
+    assert over.over_cap
+    over.settle(every_worker_keeps=False)
+    assert sum(len(b["image"]) for b in over) == 600
+    assert ray.get(other.count.remote()) == 6
