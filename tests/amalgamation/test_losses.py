@@ -31,7 +31,22 @@ def test_multilabel_kd_is_bce_against_teacher_probabilities_summed_over_labels()
     teacher = torch.tensor([[0.0, 0.0], [0.0, 0.0]])  # probabilities 0.5, 0.5
     first = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))
     expected = ((first + math.log(2.0)) + 2 * math.log(2.0)) / 2  # per sample: the labels' sum; then the mean
-    assert distillation_loss(student, teacher, "multilabel", 4.0).item() == pytest.approx(expected, rel=1e-5)
+    assert distillation_loss(student, teacher, "multilabel", 1.0).item() == pytest.approx(expected, rel=1e-5)
+    # At T = 2 both sides' logits are halved and the loss is scaled by T^2.
+    at_t2 = distillation_loss(2 * student, 2 * teacher, "multilabel", 2.0)
+    assert at_t2.item() == pytest.approx(4 * expected, rel=1e-5)
+
+
+def test_multilabel_kd_at_a_temperature_still_pulls_towards_a_confident_teachers_logit():
+    teacher = torch.tensor([[8.0]])  # sigmoid 0.9997: saturated at T = 1
+    pulls = {}
+    for t in (1.0, 4.0):
+        student = torch.tensor([[5.0]], requires_grad=True)
+        distillation_loss(student, teacher, "multilabel", t).backward()
+        pulls[t] = -student.grad.item()
+    # d/ds = T * (sigmoid(s / T) - sigmoid(t / T)): 0.006 at T = 1, 0.42 at T = 4.
+    assert pulls[1.0] == pytest.approx(torch.sigmoid(torch.tensor(8.0)).item() - torch.sigmoid(torch.tensor(5.0)).item(), rel=1e-4)
+    assert pulls[4.0] > 50 * pulls[1.0] > 0
 
 
 def test_entropy_values():
