@@ -8,6 +8,7 @@ spread is not read as a win.
 
     python benchmarks/quality.py --quick          # small setting, 2 CPU cores
     python benchmarks/quality.py --json           # one JSON object on stdout instead of the table
+    python benchmarks/quality.py --workdir DIR    # a rerun with the same DIR reuses its teachers and data
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import statistics
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,27 @@ def make_job(root: Path, name: str, tasks: tuple[str, ...], teachers: dict[str, 
     )
 
 
-def run(root: Path, setting: Setting, seeds: int, progress: Progress) -> dict[str, list[dict[str, Any]]]:
-    """Per method, one report per seed."""
+def teachers_and_data(root: Path, setting: Setting, progress: Progress) -> dict[str, str]:
+    """Trains the teachers and writes the unlabelled and evaluation data, once per workdir: a rerun
+    in the same workdir and setting reuses them (teacher training is most of a full run's first 10 min)."""
+    record = root / "teachers.json"
+    if record.exists():
+        kept = json.loads(record.read_text())
+        if kept.get("setting") != asdict(setting):
+            raise SystemExit(f"{record}: made for setting {kept.get('setting')}, not {asdict(setting)}; use another --workdir")
+        return kept["teachers"]
     teachers = train_teachers(root, setting, progress)
     synthesize(str(root / "unlabelled"), setting.unlabelled, num_shards=4, seed=11)
     synthesize(str(root / "eval"), setting.eval, num_shards=1, seed=12)
+    partial = record.with_suffix(".json.tmp")
+    partial.write_text(json.dumps({"setting": asdict(setting), "teachers": teachers}))
+    partial.rename(record)
+    return teachers
+
+
+def run(root: Path, setting: Setting, seeds: int, progress: Progress) -> dict[str, list[dict[str, Any]]]:
+    """Per method, one report per seed."""
+    teachers = teachers_and_data(root, setting, progress)
     reports: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
     for seed in range(seeds):
         custom = make_job(root, "afk", CUSTOM_TASKS, teachers, setting, seed)
@@ -198,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)  # stdout stays clean for --json
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with tempfile.TemporaryDirectory() as scratch, Progress(*columns, console=console, disable=args.json) as progress:
-        root = Path(args.workdir or scratch)
+        root = Path(args.workdir or scratch).resolve()
         reports = run(root, setting, args.seeds, progress)
     table = markdown(reports, setting)
     Path(args.out).write_text(table)
