@@ -41,7 +41,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, kind: Task
     benchmarks/quality.py --quick: fidelity on a 4-label task 0.89 averaged, 0.91-0.92 summed).
     At T = 1 a confident teacher's sigmoid saturates and its logit's size, which orders images
     for mAP, stops pulling the student; the temperature keeps it (benchmarks/quality.py, full
-    setting, 3 seeds: attributes mAP 0.823 at T = 1, 0.857 at T = 4; fidelity 0.922, 0.945)."""
+    setting, 3 seeds: attributes mAP 0.823 at T = 1, 0.856 at T = 4; fidelity 0.922, 0.945)."""
     teacher_logits = teacher_logits.detach().float()
     t = temperature
     if kind == "multiclass":
