@@ -29,6 +29,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ray_amalgam.amalgamation import amalgamate_local, kd_baseline
 from ray_amalgam.amalgamation.supervised import load_labelled, train_teacher
 from ray_amalgam.io.checkpoints import save_teacher
+from ray_amalgam.io.fs import atomic_write_text
 from ray_amalgam.io.synth import synthesize
 from ray_amalgam.spec import (
     BackboneSpec,
@@ -106,9 +107,7 @@ def teachers_and_data(root: Path, setting: Setting, progress: Progress) -> dict[
     teachers = train_teachers(root, setting, progress)
     synthesize(str(root / "unlabelled"), setting.unlabelled, num_shards=4, seed=11)
     synthesize(str(root / "eval"), setting.eval, num_shards=1, seed=12)
-    partial = record.with_suffix(".json.tmp")
-    partial.write_text(json.dumps({"setting": asdict(setting), "teachers": teachers}))
-    partial.rename(record)
+    atomic_write_text(str(record), json.dumps({"setting": asdict(setting), "teachers": teachers}))
     return teachers
 
 
