@@ -47,9 +47,11 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, kind: Task
     if kind == "multiclass":
         log_student = F.log_softmax(student_logits / t, dim=1)
         log_teacher = F.log_softmax(teacher_logits / t, dim=1)
-        return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * (t * t)
-    per_label = F.binary_cross_entropy_with_logits(student_logits / t, torch.sigmoid(teacher_logits / t), reduction="none")
-    return per_label.sum(1).mean() * (t * t)
+        loss = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    else:
+        per_label = F.binary_cross_entropy_with_logits(student_logits / t, torch.sigmoid(teacher_logits / t), reduction="none")
+        loss = per_label.sum(1).mean()
+    return loss * (t * t)
 
 
 def hint_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
