@@ -55,7 +55,9 @@ class Setting:
     teacher_epochs: int
 
 
-QUICK = Setting(labelled=1500, unlabelled=3000, eval=500, teacher_width=0.5, student_width=0.25,
+TEACHER_AND_DATA_FIELDS = ("labelled", "unlabelled", "eval", "teacher_width", "teacher_epochs")
+"""What a workdir's teachers and data depend on: a rerun that differs only in the student reuses them."""
+QUICK = Setting(labelled=1500, unlabelled=3000, eval=500, teacher_width=0.5, student_width=0.5,
                 teacher_epochs=8)
 FULL = Setting(labelled=4000, unlabelled=16000, eval=2000, teacher_width=0.5, student_width=0.5,
                teacher_epochs=20)
@@ -99,15 +101,17 @@ def teachers_and_data(root: Path, setting: Setting, progress: Progress) -> dict[
     """Trains the teachers and writes the unlabelled and evaluation data, once per workdir: a rerun
     in the same workdir and setting reuses them (teacher training is most of a full run's first 10 min)."""
     record = root / "teachers.json"
+    wanted = {field: value for field, value in asdict(setting).items() if field in TEACHER_AND_DATA_FIELDS}
     if record.exists():
         kept = json.loads(record.read_text())
-        if kept.get("setting") != asdict(setting):
-            raise SystemExit(f"{record}: made for setting {kept.get('setting')}, not {asdict(setting)}; use another --workdir")
+        made_for = {field: kept.get("setting", {}).get(field) for field in TEACHER_AND_DATA_FIELDS}
+        if made_for != wanted:
+            raise SystemExit(f"{record}: made for setting {made_for}, not {wanted}; use another --workdir")
         return kept["teachers"]
     teachers = train_teachers(root, setting, progress)
     synthesize(str(root / "unlabelled"), setting.unlabelled, num_shards=4, seed=11)
     synthesize(str(root / "eval"), setting.eval, num_shards=1, seed=12)
-    atomic_write_text(str(record), json.dumps({"setting": asdict(setting), "teachers": teachers}))
+    atomic_write_text(str(record), json.dumps({"setting": wanted, "teachers": teachers}))
     return teachers
 
 

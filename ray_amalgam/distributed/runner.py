@@ -402,7 +402,7 @@ def _finish(
     for record in saved["records"]:
         runs = [e for e in epochs if e["stage"] == record["stage"]]
         rate = sum(e["samples"] for e in runs) / max(sum(e["seconds"] for e in runs), 1e-9) if runs else None
-        stages.append({**record, "epochs": len(runs), "samples_per_s": rate})
+        stages.append({**record, "epochs": len(runs), "replayed_epochs": sum(bool(e.get("replayed")) for e in runs), "samples_per_s": rate})
     for epoch in epochs:
         epoch["ids_exact"] = epoch["rows_seen"] == info["expected_rows"] and epoch["id_digest"] == info["expected_id_digest"]
     history = {"stages": stages, "epochs": epochs, "timeline": saved.get("timeline", []), "branch_out": {"branch_points": engine.branch_points(), "decisions": [

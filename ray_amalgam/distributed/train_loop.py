@@ -124,20 +124,21 @@ class Reporter:
 
 
 def run_epoch(
-    engine: Amalgamator, model: torch.nn.Module, shard: Any, stage: str, epoch: int, epochs: int,
-    job: JobSpec, world: int, reporter: Reporter, feed: TeacherFeed | None = None,
+    engine: Amalgamator, model: torch.nn.Module, rows: KeptShard, stage: str, epoch: int, epochs: int,
+    world: int, reporter: Reporter,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     samples, loss_sum, steps = 0, 0.0, 0
     count, hash_sum = 0, 0
     first_batch_s, first_batch_rows = None, 0
     waited, step_ended = 0.0, started  # steady-state time blocked on the loader: the step starved
-    for batch in batches(shard, job.schedule.batch_size, engine.device, feed):
+    replayed = rows.replaying
+    for batch in rows:
         if first_batch_s is None:
             first_batch_s, first_batch_rows = time.perf_counter() - started, len(batch["image"])
         else:
             waited += time.perf_counter() - step_ended
-        c, h = id_digest(batch.pop(ID))
+        c, h = id_digest(batch[ID])
         count, hash_sum = count + c, (hash_sum + h) % (1 << 64)
         losses = engine.train_step(batch, model=model)
         samples += len(batch["image"])
@@ -150,7 +151,8 @@ def run_epoch(
             "samples_per_s": samples * world / max(elapsed, 1e-9), "loss": losses["loss"], "train_workers": world,
         })
     seconds = time.perf_counter() - started
-    total_samples, total_loss, total_steps = sum_across_workers([samples, loss_sum, steps])
+    total_samples, total_loss, total_steps, over_cap = sum_across_workers([samples, loss_sum, steps, float(rows.over_cap)])
+    rows.settle(every_worker_keeps=over_cap == 0)
     # Steady state: after the first batch, whose wait is the pipeline's start-up cost.
     steady_seconds = seconds - (first_batch_s or 0.0)
     steady = (samples - first_batch_rows) * world / steady_seconds if steady_seconds > 0 and steps > 1 else None
@@ -164,6 +166,7 @@ def run_epoch(
         "steady_samples_per_s": steady,
         "first_batch_s": round(first_batch_s or 0.0, 3),
         "data_wait_s": round(waited, 3),
+        "replayed": replayed,
         "loss": total_loss / max(total_steps, 1),
         "rows_seen": rows_seen,
         "id_digest": str(digest),
@@ -171,31 +174,43 @@ def run_epoch(
 
 
 CHECK_KEEP_BYTES = 256 * 2**20
-"""Check rows (with their teachers' outputs) a worker keeps after its first fidelity check;
-a larger share is read, and in stream mode answered by the teachers, again at every check."""
+"""Check rows (with their targets) a worker keeps after its first fidelity check; a larger share
+is read, and in stream mode answered by the teachers, again at every check."""
+TRAIN_KEEP_BYTES = 1 * 2**30
+"""Training rows (with their targets) a worker keeps after its first epoch and replays in every
+later epoch and stage. Beyond it, every epoch reads them again (and in stream mode asks the
+teachers again): the ceiling on what one job adds to a worker's memory."""
 
 
-class CheckRows:
-    """This worker's part of the check rows as engine batches (ids dropped). Stream mode: `feed`
-    asks the teacher actors for their outputs, so the job's data build never waits for them to
-    start. The rows and their targets never change, so a full pass that fits CHECK_KEEP_BYTES
-    is replayed at later checks, once `settle` says every worker keeps its own."""
+class KeptShard:
+    """This worker's shard of a dataset as engine batches, kept in memory after a whole pass
+    that fits `cap_bytes` and replayed from then on, once `settle` says every worker keeps its
+    own. The rows and their targets (the store's, or in stream mode the teachers' answers, which
+    `feed` asks for) never change, and a pass reads them in the same order, so a replayed pass
+    trains exactly as a read one; skipped are Ray Data's per-batch work and, in stream mode, the
+    teacher calls. Augmented views change every pass: give those `cap_bytes` 0."""
 
-    def __init__(self, shard: Any, device: torch.device, feed: TeacherFeed | None) -> None:
-        self.shard, self.device, self.feed = shard, device, feed
-        self._kept: list[dict[str, torch.Tensor]] | None = None
-        self._last_pass: list[dict[str, torch.Tensor]] | None = None
+    def __init__(self, shard: Any, batch_size: int, device: torch.device, feed: TeacherFeed | None, cap_bytes: int, keep_ids: bool) -> None:
+        self.shard, self.batch_size, self.device, self.feed = shard, batch_size, device, feed
+        self.cap_bytes, self.keep_ids = cap_bytes, keep_ids
+        self._kept: list[dict[str, Any]] | None = None
+        self._last_pass: list[dict[str, Any]] | None = None
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    @property
+    def replaying(self) -> bool:
+        return self._kept is not None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._kept is not None:
             yield from self._kept
             return
         self._last_pass, size = [], 0
-        for batch in batches(self.shard, FIDELITY_BATCH, self.device, self.feed):
-            batch = {k: v for k, v in batch.items() if k != ID}
+        for batch in batches(self.shard, self.batch_size, self.device, self.feed):
+            if not self.keep_ids:
+                batch = {k: v for k, v in batch.items() if k != ID}
             if self._last_pass is not None:
                 size += sum(v.nbytes for v in batch.values())
-                if size > CHECK_KEEP_BYTES:
+                if size > self.cap_bytes:
                     self._last_pass = None
                 else:
                     self._last_pass.append(batch)
@@ -207,14 +222,14 @@ class CheckRows:
         return self._kept is None and self._last_pass is None
 
     def settle(self, every_worker_keeps: bool) -> None:
-        """After a check: keep the pass only if every worker does. A split dataset's workers read
-        it in step, so one worker alone reading it again would wait for the others forever."""
+        """After a pass: keep it only if every worker does. A split dataset's workers read it in
+        step, so one worker alone reading it again would wait for the others forever."""
         if self._kept is None and every_worker_keeps:
             self._kept = self._last_pass
         self._last_pass = None
 
 
-def _fidelity(engine: Amalgamator, check: CheckRows) -> tuple[dict[str, float], int]:
+def _fidelity(engine: Amalgamator, check: KeptShard) -> tuple[dict[str, float], int]:
     """Fidelity on this worker's part of the check rows, summed over all workers, and the row
     count: every worker gets the same numbers, so branch-out decides the same everywhere (DDP
     needs one structure)."""
@@ -259,10 +274,11 @@ def train_loop(config: dict[str, Any]) -> None:
         timeline.events[:0] = saved.get("timeline", [])
     history["timeline"] = timeline.events
     reporter = Reporter(config.get("board"), rank)
-    train_shard = ray.train.get_dataset_shard("train")
     teachers = config.get("teacher_actors")
     feed = TeacherFeed(teachers, FEED_WINDOW) if teachers else None
-    check = CheckRows(ray.train.get_dataset_shard("check"), device, feed)
+    train = KeptShard(ray.train.get_dataset_shard("train"), job.schedule.batch_size, device, feed,
+                      0 if job.schedule.augment else TRAIN_KEEP_BYTES, keep_ids=True)
+    check = KeptShard(ray.train.get_dataset_shard("check"), FIDELITY_BATCH, device, feed, CHECK_KEEP_BYTES, keep_ids=False)
     stages = engine.stage_names()
     for index, stage in enumerate(stages):
         if stage in engine.progress()["finished"]:
@@ -278,7 +294,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 )
             for epoch in range(1, epochs + 1):
                 with timeline.span("epoch", stage):
-                    history["epochs"].append(run_epoch(engine, model, train_shard, stage, epoch, epochs, job, world, reporter, feed))
+                    history["epochs"].append(run_epoch(engine, model, train, stage, epoch, epochs, world, reporter))
                 if epoch < epochs and engine.keeps_best(stage):
                     with timeline.span("fidelity", stage):
                         engine.keep_if_best(_fidelity(engine, check)[0], epoch)

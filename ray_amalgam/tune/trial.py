@@ -61,12 +61,12 @@ class TeacherWatch:
 
 def teacher_passes(report: dict[str, Any]) -> float:
     """Teacher forward passes per training sample the trial's own job ran: none when it read a
-    store it did not build; in stream mode, one per epoch of every trained stage."""
+    store it did not build; in stream mode, one per epoch that read its rows (not replayed)."""
     if "targets" in report:  # trained in process
         return 0.0 if report["targets"] == "stored" else 1.0
     if report["mode"] == "store":
         return 1.0 if report.get("store_rebuilt") else 0.0
-    return float(sum(stage["epochs"] for stage in report["stages"]))
+    return float(sum(stage["epochs"] - stage.get("replayed_epochs", 0) for stage in report["stages"]))
 
 
 def finished_metrics(report: dict[str, Any], metric: MetricSpec, teacher_batches: int) -> dict[str, Any]:

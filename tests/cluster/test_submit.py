@@ -90,11 +90,12 @@ def _wait_for_file(pattern: str, root: Path, process: subprocess.Popen, timeout:
 def test_follow_stop_and_resume_with_teachers_and_workers_on_different_nodes(multinode, token_file, pool, tmp_path):
     """submit --follow; jobs stop once block1 is checkpointed (the follower exits 1 saying STOPPED);
     submit --resume --wait continues after the last finished stage. Teacher actors are pinned to
-    the head's `teacher_node`, the train worker to the other node's `train_node`: stream mode, so
-    every batch crosses nodes, and every epoch still sees each training row exactly once."""
+    the head's `teacher_node`, the train worker to the other node's `train_node`: stream mode with
+    augmentation (no epoch is replayed), so every batch crosses nodes, and every epoch still sees
+    each training row exactly once."""
     url, out, sid = multinode.dashboard_url, tmp_path / "pinned", "ra-test-pinned"
     spec = _write(tmp_path / "pinned.yaml", job_dict(
-        pool, out, teacher_outputs="stream", schedule={"stage_epochs": 20},  # time to stop it mid-way
+        pool, out, teacher_outputs="stream", schedule={"stage_epochs": 20, "augment": True},  # time to stop it mid-way
         resources={"teacher_resources": {TEACHER_NODE: 0.01}, "worker_resources": {TRAIN_NODE: 0.01}},
     ))
     environment = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}

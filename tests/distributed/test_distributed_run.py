@@ -55,7 +55,9 @@ def _kill_one_teacher_actor(stop: threading.Event, killed: list[str]) -> None:
 
 @pytest.mark.timeout(300)
 def test_stream_one_worker_survives_a_killed_teacher_actor(ray_cluster, new_job, tmp_path):
-    job = new_job(teacher_outputs="stream")
+    # Augmented views are new at every epoch, so the teachers answer every epoch (none is replayed)
+    # and the kill lands in an epoch they feed, whenever it comes.
+    job = new_job(teacher_outputs="stream", schedule={"augment": True})
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_one_teacher_actor, args=(stop, killed), daemon=True)
     killer.start()
@@ -70,6 +72,7 @@ def test_stream_one_worker_survives_a_killed_teacher_actor(ray_cluster, new_job,
     epochs = json.loads((tmp_path / "out" / "metrics.json").read_text())["epochs"]
     # Every training row exactly once per epoch, the killed actor's epoch included.
     assert all(e["rows_seen"] == report["expected_rows"] and e["ids_exact"] for e in epochs)
+    assert not any(e["replayed"] for e in epochs)
     assert any(e.get("kind") == "train" and "eta_s" in e for e in events)
 
 
@@ -83,6 +86,8 @@ def test_two_workers(ray_cluster, new_job, tmp_path, mode):
     # 144 training rows split evenly over 2 workers: nothing dropped, nothing repeated.
     assert report["expected_rows"] % 2 == 0
     assert all(e["ids_exact"] for e in epochs)
+    # Both workers kept their rows after the first epoch, so every later epoch and stage replays them.
+    assert [e["replayed"] for e in epochs] == [False] + [True] * (len(epochs) - 1)
 
 
 @pytest.mark.timeout(420)

@@ -1,6 +1,6 @@
 """TeacherFeed: a train worker's batches get their own teachers' outputs, in order, with several
-calls in flight across each pool's actors. CheckRows: stream mode's check rows are answered by the
-teachers once per job, while they fit the worker's memory cap."""
+calls in flight across each pool's actors. KeptShard: a worker's rows (stream mode: with the
+teachers' answers) are read once per job and replayed, while they fit the worker's memory cap."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import ray
 import ray.data
 import torch
 
-from ray_amalgam.distributed import train_loop
 from ray_amalgam.distributed.pipeline import TeacherFeed
-from ray_amalgam.distributed.train_loop import CheckRows
+from ray_amalgam.distributed.train_loop import CHECK_KEEP_BYTES, FIDELITY_BATCH, KeptShard
 
 
 @ray.remote(num_cpus=0)
@@ -51,10 +50,14 @@ def _check_dataset(rows: int) -> ray.data.Dataset:
     return ray.data.from_items([{"id": str(i), "image": rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)} for i in range(rows)])
 
 
+def _check_rows(dataset: ray.data.Dataset, feed: TeacherFeed, cap_bytes: int = CHECK_KEEP_BYTES) -> KeptShard:
+    return KeptShard(dataset, FIDELITY_BATCH, torch.device("cpu"), feed, cap_bytes, keep_ids=False)
+
+
 @pytest.mark.timeout(120)
 def test_check_rows_ask_the_teachers_once_and_replay_their_answers(ray_cluster):
     teacher = EchoTeacher.remote(1.0)
-    check = CheckRows(_check_dataset(600), torch.device("cpu"), TeacherFeed({"A": [teacher]}, window=2))
+    check = _check_rows(_check_dataset(600), TeacherFeed({"A": [teacher]}, window=2))
     first = list(check)
     assert ray.get(teacher.count.remote()) == 3, "600 rows in batches of 256"
     assert not check.over_cap
@@ -69,22 +72,49 @@ def test_check_rows_ask_the_teachers_once_and_replay_their_answers(ray_cluster):
 
 
 @pytest.mark.timeout(120)
-def test_check_rows_are_read_again_when_any_worker_cannot_keep_its_own(ray_cluster, monkeypatch):
+def test_check_rows_are_read_again_when_any_worker_cannot_keep_its_own(ray_cluster):
     """Beyond the cap a worker reads (and asks for) its rows at every check; so does a worker
     under the cap when another is over it: a split dataset's workers read it in step."""
     teacher = EchoTeacher.remote(1.0)
-    fits = CheckRows(_check_dataset(600), torch.device("cpu"), TeacherFeed({"A": [teacher]}, window=2))
+    fits = _check_rows(_check_dataset(600), TeacherFeed({"A": [teacher]}, window=2))
     list(fits)
     assert not fits.over_cap
     fits.settle(every_worker_keeps=False)
     assert sum(len(b["image"]) for b in fits) == 600
     assert ray.get(teacher.count.remote()) == 6
 
-    monkeypatch.setattr(train_loop, "CHECK_KEEP_BYTES", 1024)
     other = EchoTeacher.remote(1.0)
-    over = CheckRows(_check_dataset(600), torch.device("cpu"), TeacherFeed({"A": [other]}, window=2))
+    over = _check_rows(_check_dataset(600), TeacherFeed({"A": [other]}, window=2), cap_bytes=1024)
     assert sum(len(b["image"]) for b in over) == 600
     assert over.over_cap
     over.settle(every_worker_keeps=False)
     assert sum(len(b["image"]) for b in over) == 600
     assert ray.get(other.count.remote()) == 6
+
+
+@pytest.mark.timeout(120)
+def test_training_rows_are_replayed_with_their_ids_in_the_same_order(ray_cluster):
+    teacher = EchoTeacher.remote(1.0)
+    rows = KeptShard(_check_dataset(100), 16, torch.device("cpu"), TeacherFeed({"A": [teacher]}, window=2), 2**20, keep_ids=True)
+    first = [(list(b["id"]), b["logits/t1/sum"].clone()) for b in rows]
+    rows.settle(every_worker_keeps=True)
+    assert rows.replaying
+    for _ in range(2):
+        again = [(list(b["id"]), b["logits/t1/sum"]) for b in rows]
+        assert [ids for ids, _ in again] == [ids for ids, _ in first]
+        for (_, a), (_, b) in zip(first, again, strict=True):
+            torch.testing.assert_close(a, b)
+    assert ray.get(teacher.count.remote()) == 7, "100 rows in batches of 16, asked for once"
+
+
+@pytest.mark.timeout(120)
+def test_rows_with_no_room_to_keep_are_read_and_asked_for_every_pass(ray_cluster):
+    """`cap_bytes` 0 is how augmented views (new at every pass) are never replayed."""
+    teacher = EchoTeacher.remote(1.0)
+    rows = KeptShard(_check_dataset(100), 16, torch.device("cpu"), TeacherFeed({"A": [teacher]}, window=2), 0, keep_ids=True)
+    for _ in range(2):
+        assert sum(len(b["id"]) for b in rows) == 100
+        assert rows.over_cap
+        rows.settle(every_worker_keeps=False)
+        assert not rows.replaying
+    assert ray.get(teacher.count.remote()) == 14

@@ -123,3 +123,14 @@ def test_optuna_without_its_package_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setattr(sweep_module.importlib.util, "find_spec", lambda name: None if name == "optuna" else real_find_spec(name))
     with pytest.raises(BadInputError, match=r"^sweep.yaml: searcher: 'optuna' needs .*ray_amalgam\[optuna\]"):
         sweep_module.run_sweep(_sweep(searcher="optuna"), source="sweep.yaml")
+
+
+def test_teacher_passes_count_only_the_epochs_that_read_their_rows():
+    from ray_amalgam.tune.trial import teacher_passes
+
+    stream = {"mode": "stream", "stages": [{"epochs": 2, "replayed_epochs": 1}, {"epochs": 3, "replayed_epochs": 3}]}
+    assert teacher_passes(stream) == 1
+    augmented = {"mode": "stream", "stages": [{"epochs": 2, "replayed_epochs": 0}, {"epochs": 3, "replayed_epochs": 0}]}
+    assert teacher_passes(augmented) == 5
+    assert teacher_passes({"mode": "store", "stages": stream["stages"], "store_rebuilt": True}) == 1
+    assert teacher_passes({"targets": "stored"}) == 0
