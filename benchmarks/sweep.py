@@ -1,7 +1,8 @@
 """One sweep of N trials (widths x task subsets), three ways, on the same data and teachers:
 
 (a) store: `run_sweep` with one teacher-output store for the union of the tasks, shared by every trial;
-(b) stream: `run_sweep` with `teacher_outputs: stream`, the teachers running in every trial, every epoch;
+(b) stream: `run_sweep` with `teacher_outputs: stream`, the teachers running in every trial (in its
+    first epoch: the train worker replays the answered rows in later ones);
 (c) sequential: the N jobs one after another with `amalgamate` (one process, no Ray; each job runs
     its teachers once over the data).
 
