@@ -99,7 +99,8 @@ def make_job(root: Path, name: str, tasks: tuple[str, ...], teachers: dict[str, 
 
 def teachers_and_data(root: Path, setting: Setting, progress: Progress) -> dict[str, str]:
     """Trains the teachers and writes the unlabelled and evaluation data, once per workdir: a rerun
-    in the same workdir and setting reuses them (teacher training is most of a full run's first 10 min)."""
+    in the same workdir whose setting differs at most in the student reuses them (teacher training
+    is most of a full run's first 10 min)."""
     record = root / "teachers.json"
     wanted = {field: value for field, value in asdict(setting).items() if field in TEACHER_AND_DATA_FIELDS}
     if record.exists():

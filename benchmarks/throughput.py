@@ -123,7 +123,7 @@ def _normalized(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float,
     return (images.permute(0, 3, 1, 2).float().div(255.0) - m) / s
 
 
-def in_process(job: JobSpec, naive: bool, device: torch.device) -> dict[str, float]:
+def in_process(job: JobSpec, naive: bool, device: torch.device) -> dict[str, Any]:
     """One process, every stage one epoch: steady samples/s of every stage (first batch excluded),
     and the whole job's wall time from loading the data to the last step."""
     started_at = time.time()
