@@ -11,6 +11,7 @@ from ray_amalgam.tune.capacity import IN_PROCESS_BYTES, max_concurrent_trials, t
 from ray_amalgam.tune.results import pareto_front
 from ray_amalgam.tune.score import final_score, quality
 from ray_amalgam.tune.space import param_space, trial_job, union_tasks
+from ray_amalgam.tune.trial import teacher_passes
 
 BASE = {
     "teachers": [{"name": "A", "checkpoint": "/a"}, {"name": "B", "checkpoint": "/b"}],
@@ -126,8 +127,6 @@ def test_optuna_without_its_package_is_one_line_naming_the_extra(monkeypatch):
 
 
 def test_teacher_passes_count_only_the_epochs_that_read_their_rows():
-    from ray_amalgam.tune.trial import teacher_passes
-
     stream = {"mode": "stream", "stages": [{"epochs": 2, "replayed_epochs": 1}, {"epochs": 3, "replayed_epochs": 3}]}
     assert teacher_passes(stream) == 1
     augmented = {"mode": "stream", "stages": [{"epochs": 2, "replayed_epochs": 0}, {"epochs": 3, "replayed_epochs": 0}]}
