@@ -10,6 +10,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.data
@@ -22,7 +23,8 @@ from ray_amalgam.distributed.data_tasks import ask_teachers, decode_images, hold
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.distributed.resources import ResourcePlan, check_placement, teacher_pool_sizes
 from ray_amalgam.io.fs import resolve
-from ray_amalgam.io.shards import IMAGE
+from ray_amalgam.io.images import decode_batch
+from ray_amalgam.io.shards import ID, IMAGE, holdout_mask
 
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem | None:
@@ -142,6 +144,53 @@ def decoded(ds: ray.data.Dataset, where: str, resources: ResourcePlan, batch_siz
         batch_format="numpy",
         num_cpus=resources.data_task_cpus,
     )
+
+
+def decoded_in_driver(tables: Iterable[tuple[str, pa.Table]], held: bool, workers: int) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """The training rows and the check rows (the held-out ones; with `held` False, the training
+    rows again) of `tables` (each with the URL of the shard its rows come from, in shard order),
+    split and decoded in this process and put whole in the object store.
+
+    For rows that fit in memory on one node: Ray Data's route (a read, a split and a decode task
+    per block, each result materialized) costs many times the decode itself on a small machine."""
+    from ray.data.extensions import ArrowTensorArray
+
+    train: list[pa.Table] = []
+    check: list[pa.Table] = []
+    shard_rows: collections.Counter[str] = collections.Counter()
+    for shard, table in tables:
+        pixels = decode_batch(table.column(IMAGE).to_pylist(), shard, first_row=shard_rows[shard])
+        shard_rows[shard] += table.num_rows
+        table = table.set_column(table.schema.get_field_index(IMAGE), IMAGE, ArrowTensorArray.from_numpy(pixels))
+        mask = holdout_mask([str(i) for i in table.column(ID).to_pylist()], HOLDOUT_FRACTION)
+        train.append(table.filter(pa.array(~mask)))
+        if held:
+            check.append(table.filter(pa.array(mask)))
+    train_rows = _as_blocks(train, workers)
+    return train_rows, _as_blocks(check, workers) if held else train_rows
+
+
+def _as_blocks(parts: list[pa.Table], workers: int) -> ray.data.Dataset:
+    """Consecutive parts joined into blocks of at most Ray Data's target size, and at least one
+    block per worker where the rows allow (a streaming split hands out whole blocks first).
+    Each block goes to the object store as soon as it is whole, and `parts` is emptied on the
+    way, so this process never holds much more than the rows once."""
+    total = sum(part.nbytes for part in parts)
+    target = min(ray.data.DataContext.get_current().target_max_block_size or total, max(1, total // max(workers, 1)))
+    blocks: list[ray.ObjectRef] = []
+    group: list[pa.Table] = []
+    size = 0
+    parts.reverse()  # popped from the end, in their order
+    while parts:
+        part = parts.pop()
+        if group and size + part.nbytes > target:
+            blocks.append(ray.put(pa.concat_tables(group).combine_chunks()))
+            group, size = [], 0
+        group.append(part)
+        size += part.nbytes
+    if group:
+        blocks.append(ray.put(pa.concat_tables(group).combine_chunks()))
+    return ray.data.from_arrow_refs(blocks)
 
 
 def id_digest(ids: Any) -> tuple[int, int]:

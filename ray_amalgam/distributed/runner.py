@@ -36,6 +36,7 @@ from ray_amalgam.distributed.pipeline import (
     TeacherPools,
     arrow_filesystem,
     decoded,
+    decoded_in_driver,
     holdout_split,
     id_digest,
     read_rows,
@@ -46,7 +47,7 @@ from ray_amalgam.distributed.progress import (
     ProgressPoller,
 )
 from ray_amalgam.distributed.resources import ResourcePlan, connect
-from ray_amalgam.distributed.store import Store, ensure_store, read_store, store_hint_channels, target_columns
+from ray_amalgam.distributed.store import Store, ensure_store, read_store, store_hint_channels, store_tables, target_columns
 from ray_amalgam.distributed.train_loop import PROGRESS, read_state, train_loop
 from ray_amalgam.io.fs import (
     atomic_write_bytes,
@@ -63,6 +64,7 @@ from ray_amalgam.io.shards import (
     IMAGE,
     holdout_mask,
     iter_batches,
+    iter_shard_batches,
     list_shards,
     read_ids,
 )
@@ -130,7 +132,8 @@ def build_datasets(
 
     Data that fits MATERIALIZE_FRACTION of the object store is read once and kept there: every
     read of Parquet files starts with a listing and footer pass (seconds, whatever the size),
-    which would otherwise come back at every epoch's first batch.
+    which would otherwise come back at every epoch's first batch. On a one-node cluster the
+    driver reads, splits and decodes it itself (`decoded_in_driver`), with no Ray Data task.
     `store`: one teacher pass writes (or reuses) the store; in memory, the training rows are
     split off and decoded once, so epochs run no task at all.
     `stream`: the training rows only (decoded; in memory, only augmentation is repeated): the
@@ -143,7 +146,9 @@ def build_datasets(
     batch = job.resources.teacher_batch_size
     held = held_rows > 0  # with no held-out row, fidelity is measured on the training rows
     in_memory = fits_in_memory(total_rows, plan)
-    info: dict[str, Any] = {"in_memory": in_memory}
+    in_driver = in_memory and resources.local
+    workers = job.resources.num_workers
+    info: dict[str, Any] = {"in_memory": in_memory, "decoded_in": "driver" if in_driver else "ray_data"}
     if job.teacher_outputs == "store":
         emit({"kind": "store", "phase": "checking"})
         started = time.perf_counter()
@@ -152,16 +157,25 @@ def build_datasets(
                      "store_seconds": round(time.perf_counter() - started, 2)})
         emit({"kind": "store", "phase": "ready", **info})
         started = time.perf_counter()
-        rows = read_store(store, [ID, IMAGE, *target_columns(plan)], resources, batch)
-        rows = rows.materialize() if in_memory else rows
-        train = split_and_decode(rows, store.url, False, resources, batch)
-        train = train.materialize() if in_memory else train
-        check = split_and_decode(rows, store.url, held, resources, batch).materialize()
+        columns = [ID, IMAGE, *target_columns(plan)]
+        if in_driver:
+            train, check = decoded_in_driver(store_tables(store, columns, batch), held, workers)
+        else:
+            rows = read_store(store, columns, resources, batch)
+            rows = rows.materialize() if in_memory else rows
+            train = split_and_decode(rows, store.url, False, resources, batch)
+            train = train.materialize() if in_memory else train
+            check = split_and_decode(rows, store.url, held, resources, batch).materialize()
         info["store_load_seconds"] = round(time.perf_counter() - started, 2)
+        return {"train": train, "check": check}, info
+    augment = job.schedule.augment
+    if in_driver and not augment:
+        shards = list_shards(job.data.train)
+        tables = ((shard, pa.Table.from_batches([b])) for shard in shards for b in iter_shard_batches(shard, [ID, IMAGE], batch))
+        train, check = decoded_in_driver(tables, held, workers)
         return {"train": train, "check": check}, info
     rows = read_rows(list_shards(job.data.train), [ID, IMAGE], resources)
     rows = rows.materialize() if in_memory else rows
-    augment = job.schedule.augment
     train = split_and_decode(rows, job.data.train, False, resources, batch, augment=augment)
     train = train.materialize() if in_memory and not augment else train
     check = split_and_decode(rows, job.data.train, held, resources, batch).materialize()

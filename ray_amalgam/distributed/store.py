@@ -18,11 +18,13 @@ import hashlib
 import json
 import logging
 import posixpath
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 import ray.data
 import torch
@@ -302,14 +304,21 @@ def read_store(store: Store, columns: list[str], resources: ResourcePlan, batch_
     ).select_columns(columns)
 
 
+def store_tables(store: Store, columns: list[str], batch_size: int) -> Iterator[tuple[str, pa.Table]]:
+    """`columns` (as `read_store`), read in this process: every shard in order, `batch_size`
+    rows at a time, each with the URL of the data shard it comes from."""
+    base, stores, wanted = _store_reads(store, columns)
+    for index, shard in enumerate(store.shards):
+        for table in join_teacher_stores({"index": [index]}, list(store.shards), base, stores, wanted, batch_size):
+            yield shard, table.select(columns)
+
+
 def load_store_targets(store: Store, columns: list[str]) -> StoredTargets:
     """Every row's id and teacher-output `columns`, read whole into this process: for a job that
     trains in one process (a sweep trial with one CPU worker), without a Ray Data pipeline."""
-    base, stores, wanted = _store_reads(store, columns)
     ids: list[np.ndarray] = []
     values: dict[str, list[np.ndarray]] = {column: [] for column in columns}
-    every_shard = {"index": np.arange(len(store.shards))}
-    for table in join_teacher_stores(every_shard, list(store.shards), base, stores, wanted, batch_size=LOAD_BATCH_ROWS):
+    for _, table in store_tables(store, [ID, *columns], LOAD_BATCH_ROWS):
         ids.append(table.column(ID).to_numpy(zero_copy_only=False))
         for column in columns:
             # Per chunk: multi-dimensional outputs are Ray's tensor extension arrays.

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from ray_amalgam.amalgamation import make_plan
+from ray_amalgam.distributed.pipeline import decoded_in_driver
 from ray_amalgam.distributed.resources import plan_resources
+from ray_amalgam.distributed.runner import split_and_decode
 from ray_amalgam.distributed.store import (
     DRIVER_PASS_PIXEL_BYTES,
     MANIFEST,
@@ -20,10 +22,11 @@ from ray_amalgam.distributed.store import (
     load_store_targets,
     pass_device,
     read_store,
+    store_tables,
     target_columns,
 )
 from ray_amalgam.io.checkpoints import read_teacher_meta
-from ray_amalgam.io.shards import list_shards
+from ray_amalgam.io.shards import ID, IMAGE, list_shards
 from ray_amalgam.spec import BadInputError
 
 from .conftest import TEACHER_TASKS, make_teacher, train_with_a_late_bad_image
@@ -123,3 +126,34 @@ def test_a_bad_image_in_the_actor_pass_ends_it_with_its_own_one_line_error(ray_c
         ensure_store(job, _plan(job), "train", job.data.train, str(root), plan_resources(job, 2, local=True), [], None)
     assert "\n" not in str(error.value)
     assert not list(root.glob(f"*/{MANIFEST}"))
+
+
+def _rows(dataset) -> dict[str, np.ndarray]:
+    batch = next(iter(dataset.iter_batches(batch_size=dataset.count(), batch_format="numpy")))
+    order = np.argsort(batch[ID])
+    return {column: values[order] for column, values in batch.items()}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("held", [True, False])
+def test_rows_decoded_in_the_driver_equal_ray_datas(ray_cluster, new_job, tmp_path, held):
+    """A one-node job's in-memory rows are split and decoded in the driver; a joined cluster's by
+    Ray Data tasks. Both give the same training and check rows: ids, pixels and targets."""
+    job = new_job()
+    plan = _plan(job)
+    resources = plan_resources(job, 2, local=True)
+    store = ensure_store(job, plan, "train", job.data.train, str(tmp_path / "store"), resources, [], None)
+    columns = [ID, IMAGE, *target_columns(plan)]
+    driver = dict(zip(("train", "check"), decoded_in_driver(store_tables(store, columns, 16), held, workers=2)))
+    rows = read_store(store, columns, resources, 16)
+    ray_data = {"train": split_and_decode(rows, store.url, False, resources, 16), "check": split_and_decode(rows, store.url, held, resources, 16)}
+    assert driver["train"].num_blocks() >= 2  # each of the two workers gets a block of its own
+    for name in ("train", "check"):
+        ours, theirs = _rows(driver[name]), _rows(ray_data[name])
+        assert sorted(ours) == sorted(theirs) == sorted(columns)
+        assert 0 < len(ours[ID]) < 160, name  # training rows leave the held-out ones out
+        assert ours[IMAGE].shape[1:] == (16, 16, 3) and ours[IMAGE].dtype == np.uint8
+        for column in columns:
+            np.testing.assert_array_equal(ours[column], theirs[column], err_msg=f"{name} {column}")
+    train_ids, check_ids = set(_rows(driver["train"])[ID]), set(_rows(driver["check"])[ID])
+    assert (train_ids.isdisjoint(check_ids) and len(train_ids | check_ids) == 160) if held else train_ids == check_ids
