@@ -50,6 +50,11 @@ TRAIN_POLL_S = 0.5
 default, 2 s, is the delay before a run's end or a worker's start is noticed). Read from the
 environment by the controller actor, which inherits the local Ray's environment."""
 
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+"""Ray Train starts a preemption-watcher actor with every worker group, so once per stage here.
+A one-node local Ray cannot be preempted, and on 2 cores each watcher's start (a new process
+importing Ray Train, seen at 310% CPU in a profile) competed with the stage's first batches."""
+
 
 @dataclass(frozen=True)
 class ResourcePlan:
@@ -251,8 +256,9 @@ def leave_replaceable_working_dir() -> None:
 
 def start_local_ray(num_cpus: int) -> None:
     """Start a local Ray with `num_cpus` CPUs, quiet (no dashboard, no worker logs on the driver),
-    its Ray Train controller polling every TRAIN_POLL_S."""
+    its Ray Train controller polling every TRAIN_POLL_S and without a preemption watcher."""
     os.environ.setdefault(TRAIN_POLL_ENV, str(TRAIN_POLL_S))  # a value the user set wins
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 

@@ -10,6 +10,9 @@ import pytest
 
 from ray_amalgam.distributed.resources import (
     GPU_WORKER_CPUS,
+    PREEMPTION_WATCHER_ENV,
+    TRAIN_POLL_ENV,
+    TRAIN_POLL_S,
     check_cluster,
     check_local_machine,
     check_placement,
@@ -150,3 +153,15 @@ def test_a_driver_leaves_the_working_dir_ray_may_replace(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     leave_replaceable_working_dir()
     assert os.getcwd() == str(tmp_path)
+
+
+@pytest.mark.timeout(60)
+def test_a_local_ray_polls_its_workers_often_and_watches_no_preemption(ray_cluster):
+    """Ray Train's controller reads both settings from the environment its local Ray gave it."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def environment(names: list[str]) -> list[str | None]:
+        return [os.environ.get(name) for name in names]
+
+    assert ray.get(environment.remote([TRAIN_POLL_ENV, PREEMPTION_WATCHER_ENV])) == [str(TRAIN_POLL_S), "0"]
