@@ -51,9 +51,9 @@ default, 2 s, is the delay before a run's end or a worker's start is noticed). R
 environment by the controller actor, which inherits the local Ray's environment."""
 
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-"""Ray Train starts a preemption-watcher actor with every worker group, so once per stage here.
-A one-node local Ray cannot be preempted, and on 2 cores each watcher's start (a new process
-importing Ray Train, seen at 310% CPU in a profile) competed with the stage's first batches."""
+"""Ray Train starts a preemption-watcher actor with every worker group (once per job here). A
+one-node local Ray cannot be preempted, and on 2 cores the watcher's start (a new process
+importing Ray Train, seen at 310% CPU in a profile) competed with block 1's first batches."""
 
 
 @dataclass(frozen=True)
