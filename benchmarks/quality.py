@@ -9,6 +9,8 @@ spread is not read as a win.
     python benchmarks/quality.py --quick          # small setting, 2 CPU cores
     python benchmarks/quality.py --json           # one JSON object on stdout instead of the table
     python benchmarks/quality.py --workdir DIR    # a rerun with the same DIR reuses its teachers and data
+    python benchmarks/quality.py --quick --methods afk --set teacher_outputs=stream --set schedule.augment=true
+                                                  # one lever, measured on the customized student only
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -85,8 +88,35 @@ def train_teachers(root: Path, setting: Setting, progress: Progress) -> dict[str
 METHODS = {"afk": "AFK student", "kd": "plain-KD student", "all": "all-tasks student"}
 
 
-def make_job(root: Path, name: str, tasks: tuple[str, ...], teachers: dict[str, str], setting: Setting, seed: int) -> JobSpec:
-    return JobSpec(
+Overrides = dict[str, Any]
+"""Dotted job fields (`schedule.augment`) -> values, applied to every student's job."""
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`schedule.augment=true` -> ("schedule.augment", True): the value is a YAML scalar, as in a job file."""
+    field, sep, value = text.partition("=")
+    if not sep or not field:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected FIELD=VALUE, e.g. schedule.augment=true")
+    return field, yaml.safe_load(value)
+
+
+def with_overrides(job: JobSpec, overrides: Overrides) -> JobSpec:
+    """The job with the dotted fields replaced, validated as a job file would be."""
+    data = job.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return JobSpec.model_validate(data)
+
+
+def make_job(
+    root: Path, name: str, tasks: tuple[str, ...], teachers: dict[str, str], setting: Setting, seed: int,
+    overrides: Overrides,
+) -> JobSpec:
+    job = JobSpec(
         teachers=tuple(TeacherRef(name=n, checkpoint=u) for n, u in teachers.items()),
         tasks=tasks,
         data=DataSpec(train=str(root / "unlabelled"), eval=str(root / "eval")),
@@ -95,6 +125,7 @@ def make_job(root: Path, name: str, tasks: tuple[str, ...], teachers: dict[str, 
         schedule=ScheduleSpec(batch_size=64, lr=2e-3, temperature=4.0, seed=seed),
         output=str(root / f"{name}-seed{seed}"),
     )
+    return with_overrides(job, overrides)
 
 
 def teachers_and_data(root: Path, setting: Setting, progress: Progress) -> dict[str, str]:
@@ -116,17 +147,19 @@ def teachers_and_data(root: Path, setting: Setting, progress: Progress) -> dict[
     return teachers
 
 
-def run(root: Path, setting: Setting, seeds: int, progress: Progress) -> dict[str, list[dict[str, Any]]]:
+def run(
+    root: Path, setting: Setting, seeds: int, progress: Progress, methods: tuple[str, ...] = tuple(METHODS),
+    overrides: Overrides | None = None,
+) -> dict[str, list[dict[str, Any]]]:
     """Per method, one report per seed."""
     teachers = teachers_and_data(root, setting, progress)
-    reports: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
+    reports: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
     for seed in range(seeds):
-        custom = make_job(root, "afk", CUSTOM_TASKS, teachers, setting, seed)
-        reports["afk"].append(amalgamate_local(custom, progress, source=f"afk seed {seed}"))
-        kd = custom.model_copy(update={"output": str(root / f"kd-seed{seed}")})
-        reports["kd"].append(kd_baseline(kd, progress, source=f"kd seed {seed}"))
-        everything = make_job(root, "all", ALL_TASKS, teachers, setting, seed)
-        reports["all"].append(amalgamate_local(everything, progress, source=f"all seed {seed}"))
+        for method in methods:
+            tasks = ALL_TASKS if method == "all" else CUSTOM_TASKS
+            job = make_job(root, method, tasks, teachers, setting, seed, overrides or {})
+            train = kd_baseline if method == "kd" else amalgamate_local
+            reports[method].append(train(job, progress, source=f"{method} seed {seed}"))
     return reports
 
 
@@ -137,21 +170,23 @@ def spread(values: list[float]) -> dict[str, float]:
 def summary(reports: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per customized task and method: accuracy, fidelity (and mAP for multilabel) as mean/std over
     seeds, with the teacher's figures beside them; and parameter counts."""
-    first = reports["afk"][0]
+    runs_of_first = next(iter(reports.values()))
+    first = runs_of_first[0]
     tasks: dict[str, Any] = {}
     for task in CUSTOM_TASKS:
         teacher = first["tasks"][task]
         row: dict[str, Any] = {"teacher_accuracy": teacher["teacher_accuracy"]}
         if "teacher_map" in teacher:
             row["teacher_map"] = teacher["teacher_map"]
-        for method in METHODS:
-            runs = [report["tasks"][task] for report in reports[method]]
+        for method, method_reports in reports.items():
+            runs = [report["tasks"][task] for report in method_reports]
             for metric in ("student_accuracy", "fidelity", "student_map"):
                 if metric in runs[0]:
                     row[f"{method}_{metric}"] = spread([r[metric] for r in runs])
         tasks[task] = row
     return {
-        "seeds": len(reports["afk"]),
+        "seeds": len(runs_of_first),
+        "schedule": first["schedule"],
         "tasks": tasks,
         "student_params": first["student"]["params"],
         "teachers_params": first["teachers"]["params"],
@@ -168,10 +203,19 @@ def _schedule(report: dict[str, Any]) -> str:
             f"epochs (`auto` for {schedule['samples_per_stage']:,} samples per stage), lr {schedule['lr_schedule']}")
 
 
-def markdown(reports: dict[str, list[dict[str, Any]]], setting: Setting) -> str:
+def _overridden(overrides: Overrides) -> str:
+    if not overrides:
+        return "the library default"
+    return "the library default with " + ", ".join(f"`{field}: {json.dumps(value)}`" for field, value in overrides.items())
+
+
+def markdown(reports: dict[str, list[dict[str, Any]]], setting: Setting, overrides: Overrides | None = None) -> str:
     table = summary(reports)
+    methods = list(reports)
+    first = reports[methods[0]][0]
     owners = ", ".join(f"{name}: {'/'.join(tasks)}" for name, tasks in TEACHER_TASKS.items())
-    header = " | ".join(METHODS.values())
+    header = " | ".join(METHODS[method] for method in methods)
+    rule = "|---" * len(methods)
     lines = [
         "# Quality benchmark (synthetic data)",
         "",
@@ -180,28 +224,28 @@ def markdown(reports: dict[str, list[dict[str, Any]]], setting: Setting) -> str:
             f"Students: resnet18 x{setting.student_width} on {setting.unlabelled} unlabelled images; "
             f"evaluation on {setting.eval} held-out images. Accuracy of `attributes` = mean per-label accuracy at 0.5. "
             f"Students: mean ± std over {table['seeds']} seeds (teachers trained once). "
-            f"Schedule: the library default, {_schedule(reports['afk'][0])}."
+            f"Schedule: {_overridden(overrides or {})}, {_schedule(first)}."
         ),
         "",
         f"| accuracy | teacher | {header} |",
-        "|---|---|---|---|---|",
+        f"|---|---{rule}|",
     ]
     for task, row in table["tasks"].items():
-        cells = " | ".join(_cell(row[f"{method}_student_accuracy"]) for method in METHODS)
+        cells = " | ".join(_cell(row[f"{method}_student_accuracy"]) for method in methods)
         lines.append(f"| {task} | {row['teacher_accuracy']:.3f} | {cells} |")
-    lines += ["", f"| fidelity to the teacher | {header} |", "|---|---|---|---|"]
+    lines += ["", f"| fidelity to the teacher | {header} |", f"|---{rule}|"]
     for task, row in table["tasks"].items():
-        lines.append(f"| {task} | " + " | ".join(_cell(row[f"{method}_fidelity"]) for method in METHODS) + " |")
-    lines += ["", f"| mAP | teacher | {header} |", "|---|---|---|---|---|"]
+        lines.append(f"| {task} | " + " | ".join(_cell(row[f"{method}_fidelity"]) for method in methods) + " |")
+    lines += ["", f"| mAP | teacher | {header} |", f"|---|---{rule}|"]
     for task, row in table["tasks"].items():
         if "teacher_map" in row:
-            cells = " | ".join(_cell(row[f"{method}_student_map"]) for method in METHODS)
+            cells = " | ".join(_cell(row[f"{method}_student_map"]) for method in methods)
             lines.append(f"| {task} | {row['teacher_map']:.3f} | {cells} |")
     lines += ["", "| model | params | MFLOPs / image | CPU ms / image |", "|---|---|---|---|"]
-    for method, label in METHODS.items():
+    for method in methods:
         s = reports[method][0]["student"]
-        lines.append(f"| {label} (x{s['width']}) | {s['params']:,} | {s['flops'] / 1e6:.1f} | {s['latency_ms']:.3f} |")
-    t = reports["afk"][0]["teachers"]
+        lines.append(f"| {METHODS[method]} (x{s['width']}) | {s['params']:,} | {s['flops'] / 1e6:.1f} | {s['latency_ms']:.3f} |")
+    t = first["teachers"]
     lines.append(f"| teachers ({' + '.join(t['names'])}) | {t['params']:,} | {t['flops'] / 1e6:.1f} | {t['latency_ms']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -213,15 +257,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--out", default="benchmarks/quality.md", help="Markdown table to write")
     parser.add_argument("--workdir", default=None, help="keep data, teachers and students here (default: a temporary directory)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="FIELD=VALUE",
+                        help="a student job field for every method, e.g. schedule.augment=true (repeatable)")
     args = parser.parse_args(argv)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods: expected some of {', '.join(METHODS)}, got {args.methods!r}")
+    overrides = dict(args.overrides)
     setting = QUICK if args.quick else FULL
     torch.manual_seed(0)
     console = Console(stderr=True)  # stdout stays clean for --json
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with tempfile.TemporaryDirectory() as scratch, Progress(*columns, console=console, disable=args.json) as progress:
         root = Path(args.workdir or scratch).resolve()
-        reports = run(root, setting, args.seeds, progress)
-    table = markdown(reports, setting)
+        reports = run(root, setting, args.seeds, progress, methods, overrides)
+    table = markdown(reports, setting, overrides)
     Path(args.out).write_text(table)
     if args.json:
         print(json.dumps(summary(reports)))
