@@ -41,6 +41,7 @@ from ray_amalgam.spec import (
     ScheduleSpec,
     StudentSpec,
     TeacherRef,
+    set_job_field,
 )
 
 TEACHER_TASKS = {"teacher_a": ("shape", "color", "size"), "teacher_b": ("position", "attributes")}
@@ -104,11 +105,7 @@ def with_overrides(job: JobSpec, overrides: Overrides) -> JobSpec:
     """The job with the dotted fields replaced, validated as a job file would be."""
     data = job.model_dump(mode="json")
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_job_field(data, dotted.split("."), value)
     return JobSpec.model_validate(data)
 
 

@@ -14,6 +14,7 @@ from ray_amalgam.spec.job import (
     ScheduleSpec,
     StudentSpec,
     TeacherRef,
+    set_job_field,
 )
 from ray_amalgam.spec.loading import (
     dump_spec_json,
@@ -66,6 +67,7 @@ __all__ = [
     "dump_spec_json",
     "load_spec_text",
     "parse_spec",
+    "set_job_field",
     "task_owners",
     "validation_message",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -161,3 +162,12 @@ class JobSpec(_Strict):
         if self.schedule.augment and self.teacher_outputs == "store":
             raise ValueError("schedule.augment needs teacher_outputs: stream (stored targets cannot follow random augmentation)")
         return self
+
+
+def set_job_field(data: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    """Sets the field at `path`, e.g. ("schedule", "lr"), in a job's JSON form (`model_dump(mode="json")`);
+    a section the form lacks is added, for `JobSpec.model_validate` to refuse by name."""
+    *sections, leaf = path
+    for section in sections:
+        data = data.setdefault(section, {})
+    data[leaf] = value

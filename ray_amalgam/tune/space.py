@@ -7,7 +7,7 @@ from typing import Any
 from ray import tune
 
 from ray_amalgam.io.checkpoints import read_teacher_meta
-from ray_amalgam.spec import BadInputError, JobSpec, task_owners
+from ray_amalgam.spec import BadInputError, JobSpec, set_job_field, task_owners
 from ray_amalgam.spec.sweep import TASK_SEPARATOR, Choice, LogUniform, SweepSpec, subset_key, subset_tasks
 
 AXIS_FIELDS: dict[str, tuple[str, ...]] = {
@@ -56,11 +56,7 @@ def job_for_tasks(base: JobSpec, tasks: tuple[str, ...], output: str, **fields: 
     (a job refuses settings for tasks it does not learn)."""
     data = base.model_dump(mode="json")
     for key, value in fields.items():
-        *parents, leaf = AXIS_FIELDS[key]
-        target = data
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+        set_job_field(data, AXIS_FIELDS[key], value)
     data["tasks"] = list(tasks)
     data["task_teachers"] = _only(data["task_teachers"], tasks)
     data["schedule"]["task_weights"] = _only(data["schedule"]["task_weights"], tasks)

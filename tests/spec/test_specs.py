@@ -9,6 +9,8 @@ from ray_amalgam.spec import (
     TaskSpec,
     TeacherMeta,
     load_spec_text,
+    parse_spec,
+    set_job_field,
     task_owners,
 )
 
@@ -61,6 +63,17 @@ def test_bad_job_names_file_and_field(edit, message):
         load_spec_text(JobSpec, edit(GOOD_JOB), "job.yaml")
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_set_job_field_sets_a_nested_field_and_an_unknown_section_is_refused_by_name():
+    data = load_spec_text(JobSpec, GOOD_JOB, "job.yaml").model_dump(mode="json")
+    set_job_field(data, ("schedule", "lr"), 0.01)
+    set_job_field(data, ("tasks",), ["shape"])
+    job = JobSpec.model_validate(data)
+    assert job.schedule.lr == 0.01 and job.schedule.batch_size == 32 and job.tasks == ("shape",)
+    set_job_field(data, ("schedul", "lr"), 0.01)
+    with pytest.raises(BadInputError, match=r"job.yaml: schedul: Extra inputs are not permitted"):
+        parse_spec(JobSpec, data, "job.yaml")
 
 
 def test_top_level_must_be_mapping():
