@@ -36,11 +36,13 @@ from ray_amalgam.io.fs import atomic_write_text
 from ray_amalgam.io.synth import synthesize
 from ray_amalgam.spec import (
     BackboneSpec,
+    BadInputError,
     DataSpec,
     JobSpec,
     ScheduleSpec,
     StudentSpec,
     TeacherRef,
+    parse_spec,
     set_job_field,
 )
 
@@ -102,11 +104,11 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def with_overrides(job: JobSpec, overrides: Overrides) -> JobSpec:
-    """The job with the dotted fields replaced, validated as a job file would be."""
+    """The job with the dotted fields replaced, validated as a job file would be (BadInputError)."""
     data = job.model_dump(mode="json")
     for dotted, value in overrides.items():
         set_job_field(data, dotted.split("."), value)
-    return JobSpec.model_validate(data)
+    return parse_spec(JobSpec, data, "--set")
 
 
 def make_job(
@@ -264,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--methods: expected some of {', '.join(METHODS)}, got {args.methods!r}")
     overrides = dict(args.overrides)
     setting = QUICK if args.quick else FULL
+    try:  # before any teacher trains: a job the overrides make invalid fails now, in one line
+        make_job(Path("."), "afk", CUSTOM_TASKS, {name: name for name in TEACHER_TASKS}, setting, 0, overrides)
+    except BadInputError as error:
+        parser.error(str(error))
     torch.manual_seed(0)
     console = Console(stderr=True)  # stdout stays clean for --json
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
