@@ -24,6 +24,7 @@ from ray_amalgam.amalgamation.losses import (
     hint_loss,
     least_ambiguous,
     prediction_entropy,
+    ranking_loss,
 )
 from ray_amalgam.amalgamation.metrics import (
     average_precision,
@@ -111,6 +112,7 @@ __all__ = [
     "predict",
     "prediction_entropy",
     "rank_hint_channels",
+    "ranking_loss",
     "resolve_pool_job",
     "save_student",
     "select_teachers",

@@ -25,6 +25,7 @@ from ray_amalgam.amalgamation.losses import (
     distillation_loss,
     hint_loss,
     least_ambiguous,
+    ranking_loss,
 )
 from ray_amalgam.amalgamation.metrics import fidelity_matches
 from ray_amalgam.amalgamation.plan import AmalgamationPlan, hint_key, logits_key
@@ -379,7 +380,10 @@ class Amalgamator:
         terms: dict[str, Tensor] = {}
         total = x.new_zeros(())
         for task, task_logits in logits.items():
-            loss = distillation_loss(task_logits.float(), self._target(batch, task), self.plan_task(task).kind, schedule.temperature)
+            kind, target = self.plan_task(task).kind, self._target(batch, task)
+            loss = distillation_loss(task_logits.float(), target, kind, schedule.temperature)
+            if kind == "multilabel" and schedule.multilabel_rank_weight > 0:
+                loss = loss + schedule.multilabel_rank_weight * ranking_loss(task_logits.float(), target, schedule.temperature)
             total = total + schedule.task_weights.get(task, 1.0) * loss
             terms[f"loss/{task}"] = loss.detach()
         if hints:

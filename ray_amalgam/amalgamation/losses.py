@@ -54,6 +54,17 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, kind: Task
     return loss * (t * t)
 
 
+def ranking_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Per label, KL(teacher || student) between softmaxes over the batch's images at temperature
+    T, summed over labels and scaled by T^2: it distils how the teacher orders images for each
+    label, which is what mAP scores, where the per-label BCE matches each image on its own."""
+    t = temperature
+    log_student = F.log_softmax(student_logits / t, dim=0)
+    log_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=0)
+    per_label = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(0)
+    return per_label.sum() * (t * t)
+
+
 def hint_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
     """MSE between the student's adapted kept channels and the teacher's (float16 on the wire)."""
     return F.mse_loss(student_features, teacher_features.detach().to(student_features.dtype))

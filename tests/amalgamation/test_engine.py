@@ -181,6 +181,17 @@ def test_both_teachers_of_a_shared_task_give_per_sample_targets():
         engine.train_step(batch)
 
 
+def test_the_ranking_term_adds_to_multilabel_tasks_only():
+    metas, teachers = pool({"a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE, TAGS))})
+    losses = {}
+    for weight in (0.0, 2.0):
+        spec = job(metas, ("shape", "tags"), schedule=ScheduleSpec(stage_epochs=1, finetune_epochs=1, batch_size=4, lr=1e-2, multilabel_rank_weight=weight))
+        plan = make_plan(spec, metas)
+        losses[weight] = Amalgamator(plan, teachers, spec, torch.device("cpu")).train_step(batch_for(plan, teachers, images(8)))
+    assert losses[2.0]["loss/shape"] == pytest.approx(losses[0.0]["loss/shape"])
+    assert losses[2.0]["loss/tags"] > losses[0.0]["loss/tags"] + 1e-4
+
+
 def finetune_engine(keep_best: bool):
     metas, teachers = pool({"a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE, TAGS))})
     spec = job(metas, ("shape", "tags"), schedule=ScheduleSpec(stage_epochs=1, finetune_epochs=3, batch_size=4, lr=1e-2, keep_best=keep_best))

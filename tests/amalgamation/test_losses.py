@@ -8,6 +8,7 @@ from ray_amalgam.amalgamation.losses import (
     hint_loss,
     least_ambiguous,
     prediction_entropy,
+    ranking_loss,
 )
 
 
@@ -47,6 +48,20 @@ def test_multilabel_kd_at_a_temperature_still_pulls_towards_a_confident_teachers
     # d/ds = T * (sigmoid(s / T) - sigmoid(t / T)): 0.006 at T = 1, 0.41 at T = 4.
     assert pulls[1.0] == pytest.approx(torch.sigmoid(torch.tensor(8.0)).item() - torch.sigmoid(torch.tensor(5.0)).item(), rel=1e-4)
     assert pulls[4.0] > 50 * pulls[1.0] > 0
+
+
+def test_ranking_loss_ignores_a_per_label_offset_and_pulls_the_teachers_top_image_up():
+    teacher = torch.tensor([[3.0, -1.0], [0.0, 2.0], [-2.0, 0.5]])  # 3 images x 2 labels
+    shifted = teacher + torch.tensor([5.0, -7.0])  # same order of images under every label
+    assert ranking_loss(shifted, teacher, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(shifted, teacher, "multilabel", 4.0).item() > 1.0
+
+    student = torch.zeros(3, 2, requires_grad=True)  # no order yet
+    ranking_loss(student, teacher, 4.0).backward()
+    # Label 0: image 0 is the teacher's top; label 1: image 1. Descent raises exactly those.
+    assert student.grad[:, 0].argmin().item() == 0
+    assert student.grad[:, 1].argmin().item() == 1
+    assert student.grad.sum(0).abs().max().item() < 1e-6  # it moves images against each other only
 
 
 def test_entropy_values():
