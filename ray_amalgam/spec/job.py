@@ -65,7 +65,8 @@ class ScheduleSpec(_Strict):
     temperature: float = Field(4.0, gt=0.0)
     task_weights: dict[str, float] = {}
     multilabel_rank_weight: float = Field(0.0, ge=0.0)
-    """Weight of a ranking term on multilabel tasks (`losses.ranking_loss`), added to their BCE."""
+    """Weight of a ranking term on multilabel tasks (`losses.ranking_loss`), added to their BCE.
+    Off by default: it lifts mAP but, on more data, costs the other tasks (benchmarks/quality_levers.md)."""
     augment: bool = False
     keep_best: bool = True
     """Measure held-out fidelity after each finetune epoch and end on the best epoch's weights."""
