@@ -380,10 +380,10 @@ class Amalgamator:
         terms: dict[str, Tensor] = {}
         total = x.new_zeros(())
         for task, task_logits in logits.items():
-            kind, target = self.plan_task(task).kind, self._target(batch, task)
-            loss = distillation_loss(task_logits.float(), target, kind, schedule.temperature)
+            student, target, kind = task_logits.float(), self._target(batch, task), self.plan_task(task).kind
+            loss = distillation_loss(student, target, kind, schedule.temperature)
             if kind == "multilabel" and schedule.multilabel_rank_weight > 0:
-                loss = loss + schedule.multilabel_rank_weight * ranking_loss(task_logits.float(), target, schedule.temperature)
+                loss = loss + schedule.multilabel_rank_weight * ranking_loss(student, target, schedule.temperature)
             total = total + schedule.task_weights.get(task, 1.0) * loss
             terms[f"loss/{task}"] = loss.detach()
         if hints:
