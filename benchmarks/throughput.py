@@ -15,7 +15,10 @@ model preparation, first batch, fidelity check, checkpoint report, shutdown), Ra
 floor (an empty training loop's start and whole run in the same Ray) and, on CUDA, the GPU
 utilization sampled during each job's training.
 
-    python benchmarks/throughput.py [--rows 2048] [--device cpu|cuda] [--json]
+    python benchmarks/throughput.py [--rows 2048] [--device cpu|cuda] [--repeats N] [--json]
+
+`--repeats N` measures every side N times in one run (Ray restarted each time) and reports each
+ratio's median and range: on a shared 2-core host one run's ratios swing by up to 30%.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -252,8 +256,11 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--teacher-width", type=float, default=0.5)
     parser.add_argument("--student-width", type=float, default=0.25)
+    parser.add_argument("--repeats", type=int, default=1, help="measure every side this many times in one run; report each ratio's median and range")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats: expected a whole number >= 1 (got {args.repeats})")
     # Ray prints its driver-side warnings on stdout; under --json stdout carries only the result.
     with stdout_reserved_for_json(until_exit=True) if args.json else nullcontext():
         measure(args)
@@ -267,20 +274,47 @@ def done(side: str, figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp, GpuSampler() as sampler:
         root = Path(tmp)
         prepare(root, args.rows, args.image_size, args.teacher_width)
-        ceiling = done("ceiling", in_process(job_for(root, "store", args), naive=False, device=device))
-        naive = done("naive", in_process(job_for(root, "store", args), naive=True, device=device))
-        local = done("local", local_job(root, args))
-        ray_started = time.perf_counter()
-        connect(job_for(root, "store", args), len(TEACHERS), None)
-        ray_start_s = time.perf_counter() - ray_started
-        floor = done("ray_train_floor", ray_train_floor(job_for(root, "store", args)))
-        stream = done("stream", ray_job(root, "stream", args, sampler, ray_start_s))
-        store = done("store", ray_job(root, "store", args, sampler, ray_start_s))
-        ray.shutdown()
+        runs = [one_run(root, args, sampler) for _ in range(args.repeats)]
+    if len(runs) == 1:
+        show(runs[0], args.json)
+        return
+    result = repeated(runs)
+    if args.json:
+        print_json(result)
+        return
+    for run in runs:
+        show(run, as_json=False)
+    print(f"over {len(runs)} runs, median (min-max):")
+    print("ratios   " + "  ".join(f"{k} {v:.2f} ({lo:.2f}-{hi:.2f})" for (k, v), (lo, hi) in zip(result["ratios"].items(), result["ratios_range"].values())))
+
+
+def repeated(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every side measured again in each run, in the same order: each ratio's median over the runs
+    and its range, so that a change smaller than this host's run-to-run swing is not read as one."""
+    by_ratio = {k: sorted(run["ratios"][k] for run in runs) for k in runs[0]["ratios"]}
+    return {
+        "ratios": {k: statistics.median(v) for k, v in by_ratio.items()},
+        "ratios_range": {k: [v[0], v[-1]] for k, v in by_ratio.items()},
+        "runs": runs,
+    }
+
+
+def one_run(root: Path, args: argparse.Namespace, sampler: GpuSampler) -> dict[str, Any]:
+    """Every side once, Ray started and shut down inside: one run's figures and ratios."""
+    device = torch.device(args.device)
+    ceiling = done("ceiling", in_process(job_for(root, "store", args), naive=False, device=device))
+    naive = done("naive", in_process(job_for(root, "store", args), naive=True, device=device))
+    local = done("local", local_job(root, args))
+    ray_started = time.perf_counter()
+    connect(job_for(root, "store", args), len(TEACHERS), None)
+    ray_start_s = time.perf_counter() - ray_started
+    floor = done("ray_train_floor", ray_train_floor(job_for(root, "store", args)))
+    stream = done("stream", ray_job(root, "stream", args, sampler, ray_start_s))
+    store = done("store", ray_job(root, "store", args, sampler, ray_start_s))
+    ray.shutdown()
     # Steady steps only, each epoch at its own rate: the store job's first epoch reads its rows
     # through Ray Data, later ones replay them from the worker's memory.
     train_rows = args.rows  # per-epoch rows (the hold-out share is small; same for both sides)
@@ -322,10 +356,15 @@ def measure(args: argparse.Namespace) -> None:
                   "device": args.device, "teachers": f"2 x resnet18 x{args.teacher_width}", "student": f"resnet18 x{args.student_width}",
                   "train_workers": 1},
     }
-    if args.json:
+    return result
+
+
+def show(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         print_json(result)
         return
-    print(f"rows={args.rows} image={args.image_size}px batch={args.batch_size} device={args.device}")
+    setup = result["setup"]
+    print(f"rows={setup['rows']} image={setup['image_size']}px batch={setup['batch_size']} device={setup['device']}")
     for stage, key in (("block1", "block1_samples_per_s"), ("finetune", "samples_per_s")):
         print(f"{stage:9s} " + "  ".join(f"{k} {v:8.1f}/s" for k, v in result[key].items()))
     print("ratios   " + "  ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items()))
