@@ -304,6 +304,8 @@ def repeated(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def one_run(root: Path, args: argparse.Namespace, sampler: GpuSampler) -> dict[str, Any]:
     """Every side once, Ray started and shut down inside: one run's figures and ratios."""
+    for output in root.glob("out_*"):  # an earlier run's teacher-output store would be reused
+        shutil.rmtree(output)
     device = torch.device(args.device)
     ceiling = done("ceiling", in_process(job_for(root, "store", args), naive=False, device=device))
     naive = done("naive", in_process(job_for(root, "store", args), naive=True, device=device))
