@@ -288,18 +288,26 @@ def measure(args: argparse.Namespace) -> None:
     for run in runs:
         show(run, as_json=False)
     print(f"over {len(runs)} runs, median (min-max):")
-    print("ratios   " + "  ".join(f"{k} {v:.2f} ({lo:.2f}-{hi:.2f})" for (k, v), (lo, hi) in zip(result["ratios"].items(), result["ratios_range"].values())))
+    ranges = result["ratios_range"]
+    print("ratios   " + "  ".join(f"{k} {v:.2f} ({ranges[k][0]:.2f}-{ranges[k][1]:.2f})" for k, v in result["ratios"].items()))
+
+
+MEDIAN_SECTIONS = ("ratios", "samples_per_s", "block1_samples_per_s", "fixed_costs_s", "whole_job_s")
+"""The single run's top-level figures that a repeated run reports as medians, under the same keys."""
 
 
 def repeated(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every side measured again in each run, in the same order: each ratio's median over the runs
-    and its range, so that a change smaller than this host's run-to-run swing is not read as one."""
-    by_ratio = {k: sorted(run["ratios"][k] for run in runs) for k in runs[0]["ratios"]}
-    return {
-        "ratios": {k: statistics.median(v) for k, v in by_ratio.items()},
-        "ratios_range": {k: [v[0], v[-1]] for k, v in by_ratio.items()},
-        "runs": runs,
+    """Every side measured again in each run, in the same order: each figure's median over the runs
+    and each ratio's range, so that a change smaller than this host's run-to-run swing is not read as one."""
+    def values(section: str, key: str) -> list[float]:
+        return sorted(run[section][key] for run in runs)
+
+    medians = {
+        section: {k: statistics.median(values(section, k)) if v is not None else None for k, v in runs[0][section].items()}
+        for section in MEDIAN_SECTIONS
     }
+    ranges = {k: [values("ratios", k)[0], values("ratios", k)[-1]] for k in runs[0]["ratios"]}
+    return {**medians, "ratios_range": ranges, "setup": {**runs[0]["setup"], "repeats": len(runs)}, "runs": runs}
 
 
 def one_run(root: Path, args: argparse.Namespace, sampler: GpuSampler) -> dict[str, Any]:
