@@ -2,7 +2,8 @@
 tasks (read and join, split off the held-out rows, decode; each materialized), which a joined
 cluster uses, against the driver reading, splitting and decoding the rows itself, which a
 one-node job whose rows fit in memory uses. Both end with the training and check rows in the
-object store; the train workers then read the same blocks either way.
+object store; the train workers then read the driver's blocks directly (`DriverRows`) and
+Ray Data's through a Ray Data pipeline.
 
     python -m benchmarks.store_load [--rows 32768] [--repeats 2] [--json]
 """

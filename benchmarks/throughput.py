@@ -191,6 +191,9 @@ def fixed_costs(report: dict[str, Any], epochs: list[dict[str, Any]], timeline: 
         "store_load_s": report.get("store_load_seconds"),
         "worker_start_s": started,
         "setup_s": round(by_event.get("setup", 0.0), 2),
+        # A worker reading the driver's rows waits for them after its setup (0 when Ray Train's
+        # controller waited for them before the worker started).
+        "wait_for_rows_s": round(by_event.get("wait_for_rows", 0.0), 2),
         "prepare_model_s": round(by_event.get("prepare_model", 0.0), 2),
         "first_batch_s": round(sum(e["first_batch_s"] for e in epochs), 2),
         "first_batch_max_s": max(e["first_batch_s"] for e in epochs),

@@ -79,11 +79,14 @@ TeacherOutputs = Callable[[np.ndarray], dict[str, dict[str, np.ndarray]]]
 
 def write_shard_outputs(
     shard_url: str, index: int, outputs_of: TeacherOutputs, targets: dict[str, str], batch_size: int,
+    keep_rows: Callable[[Any], None] | None = None,
 ) -> int:
     """One teacher pass over one data shard: `outputs_of` gives every teacher's outputs for each
     batch, and each teacher's go to its own store (`targets[teacher]`), one Parquet file per
     shard in the shard's row order, so that stores of different teachers line up row by row.
-    Returns the row count; a bad image's error names the shard and its row there."""
+    `keep_rows` gets each batch as a table of ids, decoded pixels and every teacher's outputs
+    (named as the job names them), for a caller that trains on them next without reading the
+    store again. Returns the row count; a bad image's error names the shard and its row there."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -96,7 +99,11 @@ def write_shard_outputs(
     try:
         for batch in iter_shard_batches(shard_url, [ID, IMAGE], batch_size):
             pixels = decode_batch(batch.column(IMAGE).to_pylist(), shard_url, first_row=rows)
-            for name, outputs in outputs_of(pixels).items():
+            answers = outputs_of(pixels)
+            if keep_rows is not None:
+                columns = {k: _arrow_column(v) for outputs in answers.values() for k, v in outputs.items()}
+                keep_rows(pa.table({ID: batch.column(ID), IMAGE: _arrow_column(pixels), **columns}))
+            for name, outputs in answers.items():
                 table = pa.table({ID: batch.column(ID), **{store_column(name, k): _arrow_column(v) for k, v in outputs.items()}})
                 if name not in writers:
                     fs, path = resolve(join(targets[name], STORE_PART.format(index=index)))

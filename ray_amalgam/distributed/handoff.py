@@ -1,10 +1,12 @@
-"""The job's datasets, built on a driver thread while Ray Train starts, handed to its controller.
+"""The job's rows, built on a driver thread while Ray Train starts, handed to its controller
+(Ray Datasets) or straight to its workers (`DriverRows`).
 
 Ray Train spends seconds before a worker runs a line of the loop: a controller process, the
 worker processes, their imports (14-18 s for an empty loop on a 2-core machine). The store
 pass, or stream mode's reads and decodes, need not wait for that: `fit` starts
 at once with dataset factories, and the controller calls them only once its workers exist; each
-waits on the job's board for what this thread posted there.
+waits on the job's board for what this thread posted there. Rows the driver decoded itself skip
+the controller: each worker waits on the board for them once its own setup is done.
 """
 
 from __future__ import annotations
@@ -19,20 +21,23 @@ import ray
 import ray.data
 
 from ray_amalgam.distributed.errors import named_error
+from ray_amalgam.distributed.pipeline import DriverRows
 from ray_amalgam.distributed.progress import board_handle
 
 POLL_S = 0.2
 DATASET_NAMES = ("train", "check")
 
-Built = tuple[dict[str, ray.data.Dataset], dict[str, Any]]
+Rows = ray.data.Dataset | DriverRows
+Built = tuple[dict[str, Rows], dict[str, Any]]
 
 
 class DataBuildFailed(RuntimeError):
-    """Raised in the controller when the driver could not build the datasets (the driver raises the cause)."""
+    """Raised in the controller or a worker when the driver could not build the rows (the driver raises the cause)."""
 
 
-def posted_dataset(board_name: str, name: str) -> ray.data.Dataset:
-    """In Ray Train's controller: wait for the driver to post the job's datasets; return `name`."""
+def posted_rows(board_name: str, name: str) -> Rows:
+    """In Ray Train's controller or a train worker: wait for the driver to post the job's rows;
+    return `name`."""
     board = board_handle(board_name)
     while (posted := ray.get(board.datasets.remote())) is None:
         time.sleep(POLL_S)
@@ -66,7 +71,7 @@ class DatasetHandoff:
         self._board.post_datasets.remote(datasets)
 
     def factories(self) -> dict[str, Callable[[], ray.data.Dataset]]:
-        return {name: functools.partial(posted_dataset, self._board_name, name) for name in DATASET_NAMES}
+        return {name: functools.partial(posted_rows, self._board_name, name) for name in DATASET_NAMES}
 
     def result(self) -> dict[str, Any]:
         """Wait for the build; re-raise its error here, or return its facts (with `data_seconds`)."""

@@ -1,11 +1,13 @@
-"""The Ray Data side: read shards, decode (and augment) images and split off the held-out rows
-as CPU tasks (`data_tasks`), and the long-lived teacher actor pools those tasks call."""
+"""The data side: read shards, decode (and augment) images and split off the held-out rows as
+Ray Data CPU tasks (`data_tasks`) or, for rows that fit one node's memory, in the driver
+(`DriverRows`); and the long-lived teacher actor pools that answer for them."""
 
 from __future__ import annotations
 
 import collections
 import hashlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -146,22 +148,83 @@ def decoded(ds: ray.data.Dataset, where: str, resources: ResourcePlan, batch_siz
     )
 
 
-def decoded_in_driver(tables: Iterable[tuple[str, pa.Table]], held: bool, workers: int) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    """The training rows and the check rows (the held-out ones; with `held` False, the training
-    rows again) of `tables` (each with the URL of the shard its rows come from, in shard order),
-    split and decoded in this process and put whole in the object store.
+@dataclass(frozen=True)
+class DriverRows:
+    """Rows the driver decoded and put whole in the object store, as Arrow tables in row order.
+    Train workers read their shares straight from there (`share`): no Ray Data pipeline, whose
+    executor, stats and coordinator actors would start and then compete with the step for the
+    cores of a small machine while the rows are read."""
+
+    blocks: tuple[ray.ObjectRef, ...]
+    block_rows: tuple[int, ...]
+
+    def count(self) -> int:
+        return sum(self.block_rows)
+
+    def share(self, rank: int, world: int) -> RowsShare:
+        """Worker `rank`'s equal, contiguous share of the rows (as a split dataset's: a remainder
+        of fewer than `world` rows is left out, so that every worker takes the same steps)."""
+        size = self.count() // world
+        return RowsShare(self, rank * size, (rank + 1) * size)
+
+
+@dataclass(frozen=True)
+class RowsShare:
+    rows: DriverRows
+    start: int
+    stop: int
+
+    def _tables(self) -> Iterator[pa.Table]:
+        offset = 0
+        for block, count in zip(self.rows.blocks, self.rows.block_rows):
+            begin, end = max(self.start, offset), min(self.stop, offset + count)
+            if begin < end:
+                yield ray.get(block).slice(begin - offset, end - begin)  # zero-copy from the object store
+            offset += count
+
+    def iter_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """The share in order, `batch_size` rows at a time (the last batch may be smaller), in
+        the numpy format of `Dataset.iter_batches`."""
+        from ray.data.block import BlockAccessor
+
+        pending: list[pa.Table] = []
+        held = 0
+        for table in self._tables():
+            pending.append(table)
+            held += table.num_rows
+            while held >= batch_size:
+                joined = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+                yield BlockAccessor.for_block(joined.slice(0, batch_size)).to_batch_format("numpy")
+                rest = joined.slice(batch_size)
+                pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+        if held:
+            yield BlockAccessor.for_block(pa.concat_tables(pending)).to_batch_format("numpy")
+
+
+def decoded_in_driver(tables: Iterable[tuple[str, pa.Table]], held: bool, workers: int) -> tuple[DriverRows, DriverRows]:
+    """`split_in_driver` for `tables` whose images are still encoded, each with the URL of the
+    shard its rows come from (in shard order), decoded in this process on the way.
 
     For rows that fit in memory on one node: Ray Data's route (a read, a split and a decode task
     per block, each result materialized) costs many times the decode itself on a small machine."""
     from ray.data.extensions import ArrowTensorArray
 
+    def decoded() -> Iterator[pa.Table]:
+        shard_rows: collections.Counter[str] = collections.Counter()
+        for shard, table in tables:
+            pixels = decode_batch(table.column(IMAGE).to_pylist(), shard, first_row=shard_rows[shard])
+            shard_rows[shard] += table.num_rows
+            yield table.set_column(table.schema.get_field_index(IMAGE), IMAGE, ArrowTensorArray.from_numpy(pixels))
+
+    return split_in_driver(decoded(), held, workers)
+
+
+def split_in_driver(tables: Iterable[pa.Table], held: bool, workers: int) -> tuple[DriverRows, DriverRows]:
+    """The training rows and the check rows (the held-out ones; with `held` False, the training
+    rows again) of `tables` (decoded rows), split in this process and put whole in the object store."""
     train: list[pa.Table] = []
     check: list[pa.Table] = []
-    shard_rows: collections.Counter[str] = collections.Counter()
-    for shard, table in tables:
-        pixels = decode_batch(table.column(IMAGE).to_pylist(), shard, first_row=shard_rows[shard])
-        shard_rows[shard] += table.num_rows
-        table = table.set_column(table.schema.get_field_index(IMAGE), IMAGE, ArrowTensorArray.from_numpy(pixels))
+    for table in tables:
         mask = holdout_mask([str(i) for i in table.column(ID).to_pylist()], HOLDOUT_FRACTION)
         train.append(table.filter(pa.array(~mask)))
         if held:
@@ -170,27 +233,34 @@ def decoded_in_driver(tables: Iterable[tuple[str, pa.Table]], held: bool, worker
     return train_rows, _as_blocks(check, workers) if held else train_rows
 
 
-def _as_blocks(parts: list[pa.Table], workers: int) -> ray.data.Dataset:
+def _as_blocks(parts: list[pa.Table], workers: int) -> DriverRows:
     """Consecutive parts joined into blocks of at most Ray Data's target size, and at least one
-    block per worker where the rows allow (a streaming split hands out whole blocks first).
-    Each block goes to the object store as soon as it is whole, and `parts` is emptied on the
-    way, so this process never holds much more than the rows once."""
+    block per worker where the rows allow. Each block goes to the object store as soon as it is
+    whole, and `parts` is emptied on the way, so this process never holds much more than the
+    rows once."""
     total = sum(part.nbytes for part in parts)
     target = min(ray.data.DataContext.get_current().target_max_block_size or total, max(1, total // max(workers, 1)))
     blocks: list[ray.ObjectRef] = []
+    block_rows: list[int] = []
     group: list[pa.Table] = []
     size = 0
+
+    def put() -> None:
+        block = pa.concat_tables(group).combine_chunks()
+        blocks.append(ray.put(block))
+        block_rows.append(block.num_rows)
+
     parts.reverse()  # popped from the end, in their order
     while parts:
         part = parts.pop()
         if group and size + part.nbytes > target:
-            blocks.append(ray.put(pa.concat_tables(group).combine_chunks()))
+            put()
             group, size = [], 0
         group.append(part)
         size += part.nbytes
     if group:
-        blocks.append(ray.put(pa.concat_tables(group).combine_chunks()))
-    return ray.data.from_arrow_refs(blocks)
+        put()
+    return DriverRows(tuple(blocks), tuple(block_rows))
 
 
 def id_digest(ids: Any) -> tuple[int, int]:

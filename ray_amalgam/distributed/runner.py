@@ -9,7 +9,7 @@ import logging
 import posixpath
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -40,6 +40,7 @@ from ray_amalgam.distributed.pipeline import (
     holdout_split,
     id_digest,
     read_rows,
+    split_in_driver,
 )
 from ray_amalgam.distributed.progress import (
     ProgressBoard,
@@ -124,16 +125,24 @@ def split_and_decode(
     return decoded(holdout_split(rows, held, resources), where, resources, batch_size, keep_encoded=False, augment=augment)
 
 
+def rows_in_driver(job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, total_rows: int) -> bool:
+    """Whether the driver reads, splits and decodes the rows itself and the train workers read
+    them from the object store (`DriverRows`), with no Ray Data task or pipeline: rows that fit
+    in memory on a one-node Ray, unless stream mode augments them (new views every epoch)."""
+    return resources.local and not job.schedule.augment and fits_in_memory(total_rows, plan)
+
+
 def build_datasets(
-    job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, total_rows: int, held_rows: int, board: str,
-    emit: Callable[[dict[str, Any]], None], shared_store: Store | None = None,
+    job: JobSpec, plan: AmalgamationPlan, resources: ResourcePlan, total_rows: int, held_rows: int, in_driver: bool,
+    board: str, emit: Callable[[dict[str, Any]], None], shared_store: Store | None = None,
 ) -> Built:
-    """The `train` and `check` datasets in the engine's batch format, and how they were made.
+    """The `train` and `check` rows in the engine's batch format, and how they were made.
 
     Data that fits MATERIALIZE_FRACTION of the object store is read once and kept there: every
     read of Parquet files starts with a listing and footer pass (seconds, whatever the size),
     which would otherwise come back at every epoch's first batch. On a one-node cluster the
-    driver reads, splits and decodes it itself (`decoded_in_driver`), with no Ray Data task.
+    driver reads, splits and decodes it itself (`rows_in_driver`, `decoded_in_driver`): no Ray
+    Data task, and the workers read `DriverRows`; otherwise the rows are Ray Datasets.
     `store`: one teacher pass writes (or reuses) the store; in memory, the training rows are
     split off and decoded once, so epochs run no task at all.
     `stream`: the training rows only (decoded; in memory, only augmentation is repeated): the
@@ -146,19 +155,23 @@ def build_datasets(
     batch = job.resources.teacher_batch_size
     held = held_rows > 0  # with no held-out row, fidelity is measured on the training rows
     in_memory = fits_in_memory(total_rows, plan)
-    in_driver = in_memory and resources.local
     workers = job.resources.num_workers
     info: dict[str, Any] = {"in_memory": in_memory, "decoded_in": "driver" if in_driver else "ray_data"}
     if job.teacher_outputs == "store":
         emit({"kind": "store", "phase": "checking"})
         started = time.perf_counter()
-        store = shared_store or ensure_store(job, plan, "train", job.data.train, join(job.output, STORE_DIR), resources, [], board)
+        passed: list[pa.Table] = []  # the rows of a teacher pass run in this process, decoded
+        store = shared_store or ensure_store(job, plan, "train", job.data.train, join(job.output, STORE_DIR), resources, [], board,
+                                             passed.append if in_driver else None)
         info.update({"store": store.url, "store_rebuilt": store.rebuilt, "store_computed": list(store.computed),
                      "store_seconds": round(time.perf_counter() - started, 2)})
         emit({"kind": "store", "phase": "ready", **info})
         started = time.perf_counter()
         columns = [ID, IMAGE, *target_columns(plan)]
-        if in_driver:
+        if passed and set(columns) <= set(passed[0].column_names):  # every teacher ran here: no store read
+            info["rows_from_pass"] = True
+            train, check = split_in_driver((table.select(columns) for table in _drained(passed)), held, workers)
+        elif in_driver:
             train, check = decoded_in_driver(store_tables(store, columns, batch), held, workers)
         else:
             rows = read_store(store, columns, resources, batch)
@@ -169,7 +182,7 @@ def build_datasets(
         info["store_load_seconds"] = round(time.perf_counter() - started, 2)
         return {"train": train, "check": check}, info
     augment = job.schedule.augment
-    if in_driver and not augment:
+    if in_driver:
         shards = list_shards(job.data.train)
         tables = ((shard, pa.Table.from_batches([b])) for shard in shards for b in iter_shard_batches(shard, [ID, IMAGE], batch))
         train, check = decoded_in_driver(tables, held, workers)
@@ -180,6 +193,13 @@ def build_datasets(
     train = train.materialize() if in_memory and not augment else train
     check = split_and_decode(rows, job.data.train, held, resources, batch).materialize()
     return {"train": train, "check": check}, info  # the train workers ask the pools themselves (TeacherFeed)
+
+
+def _drained(tables: list[pa.Table]) -> Iterator[pa.Table]:
+    """`tables` in order, each let go of as it is handed on."""
+    tables.reverse()
+    while tables:
+        yield tables.pop()
 
 
 def latest_checkpoint(storage: str) -> str | None:
@@ -334,9 +354,11 @@ def run_job(
         def forward(event: dict[str, Any]) -> None:
             emit({**event, **_eta_fields(event, stage_epochs, expected_count)})
 
+        in_driver = rows_in_driver(job, plan, resources, expected_count + held_rows)
         with ProgressPoller(board, forward, extra) as poller:
             build = functools.partial(
-                build_datasets, job, plan, resources, expected_count + held_rows, held_rows, board_name, poller.emit, shared_store
+                build_datasets, job, plan, resources, expected_count + held_rows, held_rows, in_driver, board_name, poller.emit,
+                shared_store,
             )
             fit_started_at = time.time()  # the origin of the workers' timeline (wall clock: they run elsewhere)
             handoff = DatasetHandoff(board, board_name, build)  # builds while Ray Train starts its workers
@@ -351,6 +373,7 @@ def run_job(
                     "resume_from": resume_from,
                     "fit_started_at": fit_started_at,
                     "teacher_actors": pools.actors if pools is not None else None,
+                    "rows_from_driver": in_driver,
                 },
                 scaling_config=ray.train.ScalingConfig(
                     num_workers=resources.train_workers,
@@ -367,7 +390,8 @@ def run_job(
                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                     callbacks=train_callbacks,
                 ),
-                datasets=handoff.factories(),
+                # Rows in the driver's objects reach the workers through the board, not Ray Train.
+                datasets={} if in_driver else handoff.factories(),
                 # A lone worker reads the datasets whole: a split would start a coordinator actor
                 # per dataset (a process each, seconds on a small machine) to feed one reader.
                 dataset_config=ray.train.DataConfig(datasets_to_split="all" if resources.train_workers > 1 else []),

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -139,12 +139,14 @@ def _all_heads(plan: AmalgamationPlan, names: list[str]) -> AmalgamationPlan:
 
 def ensure_store(
     job: JobSpec, plan: AmalgamationPlan, split: str, data_url: str, root: str, resources: ResourcePlan,
-    extra_columns: list[str], board_name: str | None,
+    extra_columns: list[str], board_name: str | None, keep_rows: Callable[[pa.Table], None] | None = None,
 ) -> Store:
     """Usable stores of `data_url`'s teacher outputs under `root`, one per teacher of the plan:
     the current ones are reused, and ONE teacher pass computes the outputs of the others only.
 
     `extra_columns` (e.g. eval label columns) are read from the data shards beside the outputs.
+    `keep_rows`: given the pass's rows, decoded, with its outputs, where the pass runs in this
+    process (`write_shard_outputs`); never called when no pass runs here.
     """
     del extra_columns  # read from the shards by read_store: nothing of the data is copied
     _replace_whole_set_stores(root, split)
@@ -164,7 +166,7 @@ def ensure_store(
         for name in missing:
             _remove_replaced(root, split, plan.checkpoints[name], keep=urls[name])
         manifests.update(_teacher_pass(job, _all_heads(plan, missing), shards, {n: urls[n] for n in missing},
-                                       {n: keys[n] for n in missing}, resources, board_name))
+                                       {n: keys[n] for n in missing}, resources, board_name, keep_rows))
     rows = {int(m["num_rows"]) for m in manifests.values()}
     assert len(rows) == 1, f"teacher stores of {data_url} hold different row counts {sorted(rows)}"
     channels = {name: {int(b): tuple(c) for b, c in m["inputs"]["hint_channels"].items()} for name, m in manifests.items()}
@@ -197,6 +199,7 @@ def pass_device(job: JobSpec, resources: ResourcePlan, shards: list[str], input_
 def _teacher_pass(
     job: JobSpec, plan: AmalgamationPlan, shards: list[str], urls: dict[str, str],
     keys: dict[str, tuple[str, dict[str, Any]]], resources: ResourcePlan, board_name: str | None,
+    keep_rows: Callable[[pa.Table], None] | None,
 ) -> dict[str, dict[str, Any]]:
     """Run the plan's teachers over every shard, each writing its own store: in the driver, shard
     by shard, or on teacher actor pools, a Ray task per shard (`pass_device`)."""
@@ -210,7 +213,7 @@ def _teacher_pass(
             def outputs_of(pixels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
                 return {runner.name: runner.outputs(pixels) for runner in runners}
 
-            rows = [write_shard_outputs(shard, index, outputs_of, targets, batch_size) for index, shard in enumerate(shards)]
+            rows = [write_shard_outputs(shard, index, outputs_of, targets, batch_size, keep_rows) for index, shard in enumerate(shards)]
         else:
             pools = stack.enter_context(TeacherPools(plan, resources, None, board_name))
             calls = [

@@ -26,7 +26,8 @@ import torch
 from ray_amalgam.amalgamation import AmalgamationPlan, Amalgamator, stage_metrics, steps_per_epoch
 from ray_amalgam.amalgamation.validation import load_teachers
 from ray_amalgam.distributed.collectives import sum_across_workers, sum_digests_across_workers
-from ray_amalgam.distributed.pipeline import TeacherFeed, id_digest
+from ray_amalgam.distributed.handoff import DATASET_NAMES, posted_rows
+from ray_amalgam.distributed.pipeline import RowsShare, TeacherFeed, id_digest
 from ray_amalgam.distributed.progress import board_handle
 from ray_amalgam.io.fs import exists, join
 from ray_amalgam.io.metafile import LISTED_FILES
@@ -80,12 +81,16 @@ def collate(batch: Mapping[str, np.ndarray], pin: bool = False) -> dict[str, Any
 
 
 def batches(shard: Any, batch_size: int, device: torch.device, feed: TeacherFeed | None = None) -> Any:
-    """The worker's shard as engine batches for `device`; `feed` appends the teachers' outputs."""
+    """The worker's shard (a Ray Data shard or its share of `DriverRows`) as engine batches for
+    `device`; `feed` appends the teachers' outputs."""
     collate_fn = functools.partial(collate, pin=device.type == "cuda")
-    if feed is None:
+    if isinstance(shard, RowsShare):  # in this node's object store already: nothing to prefetch
+        rows = shard.iter_batches(batch_size)
+    elif feed is None:
         return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn, prefetch_batches=PREFETCH_BATCHES)
-    rows = shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES)
-    return map(collate_fn, feed(rows))
+    else:
+        rows = shard.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES)
+    return map(collate_fn, feed(rows) if feed is not None else rows)
 
 
 class Timeline:
@@ -241,9 +246,18 @@ def _fidelity(engine: Amalgamator, check: KeptShard) -> tuple[dict[str, float], 
     return {t: reduced[i] / total for i, t in enumerate(tasks) if t in sums}, int(reduced[-2])
 
 
+def _shard(config: dict[str, Any], name: str, rank: int, world: int) -> Any:
+    """This worker's part of the `name` rows: its share of the driver's rows, posted on the
+    job's board, or its Ray Data shard."""
+    if config.get("rows_from_driver"):
+        return posted_rows(config["board"], name).share(rank, world)
+    return ray.train.get_dataset_shard(name)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point; `config`: job (JSON dict), plan, threads, board (actor name), resume_from
-    (URL), teacher_actors (stream mode: teacher name -> its pool's actor handles)."""
+    (URL), teacher_actors (stream mode: teacher name -> its pool's actor handles), rows_from_driver
+    (the rows are `DriverRows` posted on the board, not Ray Train datasets)."""
     timeline = Timeline(config["fit_started_at"])
     timeline.mark("worker_started")
     job = JobSpec.model_validate(config["job"])
@@ -276,9 +290,10 @@ def train_loop(config: dict[str, Any]) -> None:
     reporter = Reporter(config.get("board"), rank)
     teachers = config.get("teacher_actors")
     feed = TeacherFeed(teachers, FEED_WINDOW) if teachers else None
-    train = KeptShard(ray.train.get_dataset_shard("train"), job.schedule.batch_size, device, feed,
-                      0 if job.schedule.augment else TRAIN_KEEP_BYTES, keep_ids=True)
-    check = KeptShard(ray.train.get_dataset_shard("check"), FIDELITY_BATCH, device, feed, CHECK_KEEP_BYTES, keep_ids=False)
+    with timeline.span("wait_for_rows"):
+        train_rows, check_rows = (_shard(config, name, rank, world) for name in DATASET_NAMES)
+    train = KeptShard(train_rows, job.schedule.batch_size, device, feed, 0 if job.schedule.augment else TRAIN_KEEP_BYTES, keep_ids=True)
+    check = KeptShard(check_rows, FIDELITY_BATCH, device, feed, CHECK_KEEP_BYTES, keep_ids=False)
     stages = engine.stage_names()
     for index, stage in enumerate(stages):
         if stage in engine.progress()["finished"]:

@@ -82,6 +82,8 @@ def test_two_workers(ray_cluster, new_job, tmp_path, mode):
     report = run_job(new_job(teacher_outputs=mode, resources={"num_workers": 2}), "job.yaml")
     _check_outputs(report, tmp_path / "out", workers=2)
     assert report.get("store_rebuilt", False) == (mode == "store")
+    # The store pass ran in the driver and handed its decoded rows on: the store was not read back.
+    assert report.get("rows_from_pass", False) == (mode == "store")
     epochs = json.loads((tmp_path / "out" / "metrics.json").read_text())["epochs"]
     # 144 training rows split evenly over 2 workers: nothing dropped, nothing repeated.
     assert report["expected_rows"] % 2 == 0

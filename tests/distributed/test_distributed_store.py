@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from ray_amalgam.amalgamation import make_plan
-from ray_amalgam.distributed.pipeline import decoded_in_driver
+from ray_amalgam.distributed.pipeline import DriverRows, decoded_in_driver, split_in_driver
 from ray_amalgam.distributed.resources import plan_resources
 from ray_amalgam.distributed.runner import split_and_decode
 from ray_amalgam.distributed.store import (
@@ -129,7 +130,10 @@ def test_a_bad_image_in_the_actor_pass_ends_it_with_its_own_one_line_error(ray_c
 
 
 def _rows(dataset) -> dict[str, np.ndarray]:
-    batch = next(iter(dataset.iter_batches(batch_size=dataset.count(), batch_format="numpy")))
+    if isinstance(dataset, DriverRows):
+        batch = next(dataset.share(0, 1).iter_batches(dataset.count()))
+    else:
+        batch = next(iter(dataset.iter_batches(batch_size=dataset.count(), batch_format="numpy")))
     order = np.argsort(batch[ID])
     return {column: values[order] for column, values in batch.items()}
 
@@ -147,7 +151,7 @@ def test_rows_decoded_in_the_driver_equal_ray_datas(ray_cluster, new_job, tmp_pa
     driver = dict(zip(("train", "check"), decoded_in_driver(store_tables(store, columns, 16), held, workers=2)))
     rows = read_store(store, columns, resources, 16)
     ray_data = {"train": split_and_decode(rows, store.url, False, resources, 16), "check": split_and_decode(rows, store.url, held, resources, 16)}
-    assert driver["train"].num_blocks() >= 2  # each of the two workers gets a block of its own
+    assert len(driver["train"].blocks) >= 2  # each of the two workers gets a block of its own
     for name in ("train", "check"):
         ours, theirs = _rows(driver[name]), _rows(ray_data[name])
         assert sorted(ours) == sorted(theirs) == sorted(columns)
@@ -157,3 +161,51 @@ def test_rows_decoded_in_the_driver_equal_ray_datas(ray_cluster, new_job, tmp_pa
             np.testing.assert_array_equal(ours[column], theirs[column], err_msg=f"{name} {column}")
     train_ids, check_ids = set(_rows(driver["train"])[ID]), set(_rows(driver["check"])[ID])
     assert (train_ids.isdisjoint(check_ids) and len(train_ids | check_ids) == 160) if held else train_ids == check_ids
+
+
+@pytest.mark.timeout(300)
+def test_a_driver_pass_hands_on_the_rows_the_store_would_give(ray_cluster, new_job, tmp_path):
+    """The teacher pass in the driver keeps its decoded rows and outputs; split, they equal the
+    rows read back from the store it wrote (ids, pixels, targets), so the job need not read it."""
+    job = new_job(resources={"store_pass": "driver"})
+    plan = _plan(job)
+    resources = plan_resources(job, 2, local=True)
+    passed: list = []
+    store = ensure_store(job, plan, "train", job.data.train, str(tmp_path / "store"), resources, [], None, passed.append)
+    assert sorted(store.computed) == sorted(plan.checkpoints) and passed
+    columns = [ID, IMAGE, *target_columns(plan)]
+    kept = dict(zip(("train", "check"), split_in_driver((t.select(columns) for t in passed), True, workers=2)))
+    read = dict(zip(("train", "check"), decoded_in_driver(store_tables(store, columns, 16), True, workers=2)))
+    for name in ("train", "check"):
+        ours, theirs = _rows(kept[name]), _rows(read[name])
+        assert sorted(ours) == sorted(columns) and len(ours[ID]) > 0
+        for column in columns:
+            np.testing.assert_array_equal(ours[column], theirs[column], err_msg=f"{name} {column}")
+    again: list = []  # a reused store runs no pass: nothing is handed on
+    ensure_store(job, plan, "train", job.data.train, str(tmp_path / "store"), resources, [], None, again.append)
+    assert again == []
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_driver_rows_give_each_worker_an_equal_share_in_order(ray_cluster, world):
+    """Blocks of 5, 7 and 4 rows read in batches of 3 that cross block ends: each worker gets the
+    same number of rows, every row at most once and in order, and only a remainder smaller than
+    the worker count is left out."""
+    import pyarrow as pa
+
+    sizes, start = (5, 7, 4), 0
+    blocks = []
+    for size in sizes:
+        ids = [f"r{i:02d}" for i in range(start, start + size)]
+        blocks.append(ray.put(pa.table({ID: ids, "value": np.arange(start, start + size) * 10})))
+        start += size
+    rows = DriverRows(tuple(blocks), sizes)
+    shares = []
+    for rank in range(world):
+        batches = list(rows.share(rank, world).iter_batches(3))
+        assert all(len(b[ID]) == 3 for b in batches[:-1]) and 0 < len(batches[-1][ID]) <= 3
+        shares.append(np.concatenate([b["value"] for b in batches]))
+    assert {len(share) for share in shares} == {16 // world}
+    seen = np.concatenate(shares)
+    np.testing.assert_array_equal(seen, np.arange(len(seen)) * 10)  # in order, none twice
+    assert 16 - len(seen) < world
