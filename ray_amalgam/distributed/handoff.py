@@ -39,8 +39,9 @@ def posted_rows(board_name: str, name: str) -> Rows:
     """In Ray Train's controller or a train worker: wait for the driver to post the job's rows;
     return `name`."""
     board = board_handle(board_name)
-    while (posted := ray.get(board.datasets.remote())) is None:
+    while (posted := ray.get(board.rows.remote())) is None:
         time.sleep(POLL_S)
+    posted = ray.get(posted[0])
     if name not in posted:
         raise DataBuildFailed("the job's datasets could not be built; the driver reports why")
     return posted[name]
@@ -68,7 +69,7 @@ class DatasetHandoff:
         except BaseException as error:  # noqa: BLE001 - handed to the driver's thread in `result`
             self._error = error
             datasets = {}
-        self._board.post_datasets.remote(datasets)
+        self._board.post_rows.remote([ray.put(datasets)])  # in a list: the board keeps the reference
 
     def factories(self) -> dict[str, Callable[[], ray.data.Dataset]]:
         return {name: functools.partial(posted_rows, self._board_name, name) for name in DATASET_NAMES}

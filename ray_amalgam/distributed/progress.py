@@ -28,7 +28,7 @@ class ProgressBoard:
 
     Handles let tests and operators find a live teacher actor or train worker (e.g. to kill
     one and watch the job recover) without private Ray APIs. It also holds the job's datasets
-    once the driver has built them, for Ray Train's controller (`handoff`).
+    once the driver has built them, for Ray Train's controller or the train workers (`handoff`).
     """
 
     def __init__(self) -> None:
@@ -40,7 +40,7 @@ class ProgressBoard:
         self._teacher_order: list[str] = []
         self._teacher_restarts = 0
         self._nodes: dict[tuple[str, str, str], str | None] = {}
-        self._datasets: dict[str, Any] | None = None
+        self._rows: list[Any] | None = None
 
     def teacher_started(self, actor_id: str, teacher: str, handle: Any, node_id: str | None = None) -> None:
         """Called by each teacher actor's constructor, again after Ray restarts it."""
@@ -74,12 +74,14 @@ class ProgressBoard:
         if event.get("kind") == "stage_done" and event["stage"] not in self._stages_done:
             self._stages_done.append(event["stage"])
 
-    def post_datasets(self, datasets: dict[str, Any]) -> None:
-        """The job's datasets by name; empty when the driver failed to build them."""
-        self._datasets = datasets
+    def post_rows(self, rows: list[Any]) -> None:
+        """`[reference]` to the job's rows by name (empty when the driver failed to build them).
+        Held by reference: unpickling the rows here would import what defines them (torch, Ray
+        Data), seconds on a small machine, in the path from the build to the first step."""
+        self._rows = rows
 
-    def datasets(self) -> dict[str, Any] | None:
-        return self._datasets
+    def rows(self) -> list[Any] | None:
+        return self._rows
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
