@@ -41,10 +41,10 @@ def posted_rows(board_name: str, name: str) -> Rows:
     board = board_handle(board_name)
     while (posted := ray.get(board.rows.remote())) is None:
         time.sleep(POLL_S)
-    posted = ray.get(posted[0])
-    if name not in posted:
+    rows = ray.get(posted[0])
+    if name not in rows:
         raise DataBuildFailed("the job's datasets could not be built; the driver reports why")
-    return posted[name]
+    return rows[name]
 
 
 class DatasetHandoff:

@@ -170,6 +170,8 @@ class DriverRows:
 
 @dataclass(frozen=True)
 class RowsShare:
+    """Rows `start` to `stop` of `rows`, read block by block as a worker's epoch asks for them."""
+
     rows: DriverRows
     start: int
     stop: int
