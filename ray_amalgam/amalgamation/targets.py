@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ray_amalgam.amalgamation.plan import AmalgamationPlan, hint_key, logits_key
 from ray_amalgam.io.images import to_tensor
-from ray_amalgam.models import MultiTaskNet
+from ray_amalgam.models import MultiTaskNet, inference_copy
 
 
 @torch.inference_mode()
@@ -34,7 +34,8 @@ def teacher_outputs(teacher: MultiTaskNet, name: str, images: Tensor, plan: Amal
 class TeacherRunner:
     """One frozen teacher on a device: uint8 (N, H, W, 3) pixels in, its filtered outputs out as
     numpy arrays. The same code runs in a teacher actor, in a driver-side store pass and in
-    process. On CUDA: channels_last and autocast; the CPU path stays fp32."""
+    process. The model is an `inference_copy` (BatchNorm folded, channels_last); on CUDA it also
+    runs under autocast, while the CPU path stays fp32."""
 
     def __init__(self, name: str, model: MultiTaskNet, plan: AmalgamationPlan, device: torch.device) -> None:
         self.name = name
@@ -43,13 +44,13 @@ class TeacherRunner:
         self._cuda = self.device.type == "cuda"
         meta = plan.teachers[name]
         self.mean, self.std = meta.mean, meta.std
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last if self._cuda else torch.preserve_format)
+        self.model = inference_copy(model).to(self.device)
 
     def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         images = to_tensor(pixels, self.mean, self.std).to(self.device, non_blocking=True)
-        if self._cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self._cuda):
             outputs = teacher_outputs(self.model, self.name, images, self.plan)
-        # Logits as float32, kept hint channels as float16 (set by teacher_outputs).
-        return {key: value.cpu().numpy() for key, value in outputs.items()}
+        # Logits as float32, kept hint channels as float16 (set by teacher_outputs); hints back
+        # in NCHW order, as the store and the workers read them.
+        return {key: value.cpu().contiguous().numpy() for key, value in outputs.items()}

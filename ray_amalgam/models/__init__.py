@@ -18,6 +18,7 @@ from ray_amalgam.models.targetnet import (
 from ray_amalgam.models.teacher import (
     MultiTaskNet,
     build_teacher,
+    inference_copy,
     load_state_strict,
     teacher_from_weights,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "build_targetnet",
     "build_teacher",
     "create_backbone",
+    "inference_copy",
     "list_backbones",
     "load_state_strict",
     "matching_block",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from copy import deepcopy
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ray_amalgam.models.backbones import StagedBackbone, create_backbone
 from ray_amalgam.models.heads import TaskHead
@@ -71,3 +73,22 @@ def teacher_from_weights(meta: TeacherMeta, state: Mapping[str, Tensor], source:
     model = build_teacher(meta)
     load_state_strict(model, state, source)
     return model.eval()
+
+
+def inference_copy(model: MultiTaskNet) -> MultiTaskNet:
+    """A frozen copy that only answers: each BatchNorm folded into the convolution before it,
+    weights channels_last. The same outputs up to float rounding, in less time on every device."""
+    copy = deepcopy(model).eval().requires_grad_(False)
+    _fold_batchnorms(copy)
+    return copy.to(memory_format=torch.channels_last)
+
+
+def _fold_batchnorms(module: nn.Module) -> None:
+    # Registration order is call order in every registered backbone (a test holds each to it).
+    children = list(module.named_children())
+    for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+            setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
+            setattr(module, norm_name, nn.Identity())
+    for child in module.children():
+        _fold_batchnorms(child)

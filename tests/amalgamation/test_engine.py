@@ -6,6 +6,7 @@ import torch
 
 from ray_amalgam.amalgamation import (
     Amalgamator,
+    TeacherRunner,
     hint_key,
     logits_key,
     make_plan,
@@ -163,6 +164,29 @@ def test_hint_channels_are_ranked_and_used_in_the_loss():
     losses = engine.train_step(batch)
     assert losses["loss/hint"] > 0
     assert losses["loss"] == pytest.approx(losses["loss/shape"] + losses["loss/hint"], rel=1e-4)
+
+
+def test_a_teacher_runner_answers_as_its_teacher_does_hints_included():
+    """The runner answers from a folded, channels_last copy: the same logits and kept hint
+    channels as the teacher itself (to float rounding), in NCHW order, and the teacher keeps
+    its BatchNorms for the student's branch tails."""
+    metas, teachers = pool({"a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE, TAGS))})
+    for norm in teachers["a"].modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.running_mean.uniform_(-0.5, 0.5)
+    spec = job(metas, ("shape", "tags"), hint=HintSpec(enabled=True, keep_fraction=0.25))
+    plan = make_plan(spec, metas)
+    plan = plan.with_hint_channels(rank_hint_channels(plan, teachers, images(8), keep_fraction=0.25))
+    raw = images(6, seed=3)
+    with torch.no_grad():
+        expected = {k: v.numpy() for k, v in batch_for(plan, teachers, raw).items() if k != "image"}
+    got = TeacherRunner("a", teachers["a"], plan, torch.device("cpu")).outputs(raw)
+    assert set(got) == set(expected) and hint_key("a", 3) in got
+    for key, value in got.items():
+        assert value.dtype == expected[key].dtype and value.flags.c_contiguous, key
+        np.testing.assert_allclose(value.astype(np.float32), expected[key].astype(np.float32), rtol=2e-3, atol=2e-3, err_msg=key)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teachers["a"].modules())
 
 
 def test_both_teachers_of_a_shared_task_give_per_sample_targets():

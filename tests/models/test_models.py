@@ -9,6 +9,7 @@ from ray_amalgam.models import (
     build_targetnet,
     build_teacher,
     create_backbone,
+    inference_copy,
     list_backbones,
     load_state_strict,
     matching_block,
@@ -73,6 +74,33 @@ def test_teacher_heads_and_partial_forward_agree():
     assert list(logits) == ["attrs"] and len(features) == 4
     resumed = teacher.heads_from(features[1], 2, ["shape"])
     torch.testing.assert_close(resumed["shape"], full["shape"])
+
+
+@pytest.mark.parametrize("arch", list_backbones())
+@pytest.mark.parametrize("small", [False, True])
+def test_an_inference_copy_folds_every_batchnorm_and_answers_as_the_teacher(arch, small):
+    meta = TeacherMeta(backbone=BackboneSpec(arch=arch, width=0.25, small_input_stem=small), tasks=(SHAPE, ATTRS), input_size=32)
+    torch.manual_seed(0)
+    teacher = build_teacher(meta)
+    for norm in teacher.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):  # trained statistics, not the identity ones
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.uniform_(-0.2, 0.2)
+    teacher.eval()
+    copy = inference_copy(teacher)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())  # the teacher is untouched
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected, expected_features = teacher.forward_with_features(x)
+        got, got_features = copy.forward_with_features(x.contiguous(memory_format=torch.channels_last))
+    # Float rounding only: deep blocks of random weights reach the hundreds, so the bound scales.
+    pairs = [(got[t], expected[t], t) for t in expected]
+    pairs += [(g, e, f"block {i}") for i, (g, e) in enumerate(zip(got_features, expected_features), start=1)]
+    for g, e, where in pairs:
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-5 * e.abs().max().item(), msg=where)
 
 
 def test_strict_loading_refuses_mismatched_weights():
