@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -77,7 +78,8 @@ def teacher_from_weights(meta: TeacherMeta, state: Mapping[str, Tensor], source:
 
 def inference_copy(model: MultiTaskNet) -> MultiTaskNet:
     """A frozen copy that only answers: each BatchNorm folded into the convolution before it,
-    weights channels_last. The same outputs up to float rounding, in less time on every device."""
+    weights channels_last. The same outputs up to float rounding, 1.6x as fast on a 2-core CPU
+    (`benchmarks/teacher_pass.py`)."""
     copy = deepcopy(model).eval().requires_grad_(False)
     _fold_batchnorms(copy)
     return copy.to(memory_format=torch.channels_last)
@@ -85,8 +87,7 @@ def inference_copy(model: MultiTaskNet) -> MultiTaskNet:
 
 def _fold_batchnorms(module: nn.Module) -> None:
     # Registration order is call order in every registered backbone (a test holds each to it).
-    children = list(module.named_children())
-    for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
+    for (conv_name, conv), (norm_name, norm) in pairwise(list(module.named_children())):
         if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
             setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
             setattr(module, norm_name, nn.Identity())
