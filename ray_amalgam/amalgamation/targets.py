@@ -51,6 +51,5 @@ class TeacherRunner:
         images = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self._cuda):
             outputs = teacher_outputs(self.model, self.name, images, self.plan)
-        # Logits as float32, kept hint channels as float16 (set by teacher_outputs); hints back
-        # in NCHW order, as the store and the workers read them.
-        return {key: value.cpu().contiguous().numpy() for key, value in outputs.items()}
+        # Logits as float32, kept hint channels as float16 (set by teacher_outputs).
+        return {key: value.cpu().numpy() for key, value in outputs.items()}
