@@ -37,6 +37,7 @@ from ray_amalgam.models import (
     TargetNet,
     TaskBranch,
     create_backbone,
+    inference_copy,
     load_state_strict,
     matching_block,
 )
@@ -144,12 +145,13 @@ class Amalgamator:
         self.device = torch.device(device)
         self.block_stages = block_stages
         self.teachers = {name: teachers[name] for name in plan.teachers}
-        # On CUDA: bf16 autocast (losses in fp32) and channels_last, the fast layout for convs
-        # under autocast. The CPU path stays fp32 and contiguous.
+        # Weights channels_last on every device: the layout the images arrive in (NHWC pixels),
+        # so no convolution reorders its weights per call. CUDA adds bf16 autocast (losses in fp32).
         self._cuda = self.device.type == "cuda"
-        self._memory_format = torch.channels_last if self._cuda else torch.contiguous_format
         for teacher in self.teachers.values():
-            teacher.requires_grad_(False).eval().to(self.device, memory_format=self._memory_format)
+            teacher.requires_grad_(False).eval().to(self.device, memory_format=torch.channels_last)
+        # Block stages run and backpropagate through frozen teacher tails: BatchNorm folded away.
+        self._frozen_teachers = {name: inference_copy(teacher) for name, teacher in self.teachers.items()}
         normalization = student_normalization(plan)
         self._mean = torch.tensor(normalization.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(normalization.std, device=self.device).view(1, 3, 1, 1)
@@ -167,7 +169,7 @@ class Amalgamator:
             }
         self.num_blocks = trunk.num_blocks
         self._parts = nn.ModuleDict({"trunk": trunk, "adapters": nn.ModuleDict(adapters)}).to(
-            self.device, memory_format=self._memory_format
+            self.device, memory_format=torch.channels_last
         )
         self._manual_points = (
             manual_branch_points(job.student.branch_out, plan.task_names, self.num_blocks)
@@ -257,7 +259,7 @@ class Amalgamator:
         frozen = [m for m in [trunk.stem, *trunk.blocks[:block]] if all(m is not t for t in trainable)]
         branches = {}
         for task in self.tasks_on_trunk(block):
-            teacher = self.teachers[branch_teacher(self.plan, task)]
+            teacher = self._frozen_teachers[branch_teacher(self.plan, task)]
             teacher_block = self.blocks[task][block - 1]
             adapter = self._parts["adapters"][_adapter_key(task, block)]
             branches[task] = TaskBranch(adapter, teacher.backbone.blocks[teacher_block:], teacher.heads[task])
@@ -276,7 +278,8 @@ class Amalgamator:
         if self._stage != stage:
             module, params = self._build_stage(stage)
             schedule = self.job.schedule
-            self._optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+            # fused: one kernel for all parameters, not a loop of small ops per tensor.
+            self._optimizer = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay, fused=True)
             self._lr_scheduler = stage_lr_scheduler(self._optimizer, schedule, steps)
             self._stage, self._module = stage, module
         return self._module

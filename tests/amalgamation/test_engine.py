@@ -14,7 +14,7 @@ from ray_amalgam.amalgamation import (
     teacher_outputs,
 )
 from ray_amalgam.io.images import to_tensor
-from ray_amalgam.models import build_teacher
+from ray_amalgam.models import TaskBranch, build_teacher
 from ray_amalgam.spec import (
     BackboneSpec,
     BadInputError,
@@ -166,15 +166,57 @@ def test_hint_channels_are_ranked_and_used_in_the_loss():
     assert losses["loss"] == pytest.approx(losses["loss/shape"] + losses["loss/hint"], rel=1e-4)
 
 
+def with_trained_batchnorms(model: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm statistics and affine weights away from a fresh net's identity ones, so that a
+    folded BatchNorm that was dropped or misapplied shows in the outputs."""
+    for norm in model.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_a_block_stage_learns_through_the_teachers_tail_as_the_teacher_computes_it():
+    """Block stages run the frozen teacher tails from folded copies (no BatchNorm left): the
+    logits, and the gradients that reach the trunk block and the adapter, are what the teacher's
+    own tail gives, to float rounding. The student's branches still copy the teacher's tails,
+    BatchNorms included, since the finetune stage trains them."""
+    metas, teachers = pool({"a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE, TAGS))})
+    teacher = with_trained_batchnorms(teachers["a"])
+    spec = job(metas, ("shape", "tags"), student=StudentSpec(width=0.25, branch_out={"tags": 2}))
+    engine = Amalgamator(make_plan(spec, metas), teachers, spec, torch.device("cpu"))
+    stage = engine.stage_module("block1")
+    adapter = stage.branches["shape"].adapter
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in stage.branches["shape"].tail.modules())
+    as_teacher = TaskBranch(adapter, teacher.backbone.blocks[engine.blocks["shape"][0] :], teacher.heads["shape"])
+    x = engine.normalize(images(4))
+    weights = torch.randn(4, len(SHAPE.classes))
+    trained = [*engine.trunk.blocks[0].parameters(), *adapter.parameters()]
+
+    def logits_and_grads(forward):
+        for p in trained:
+            p.grad = None
+        logits = forward(x)
+        (logits * weights).sum().backward()
+        return [logits.detach()] + [p.grad.clone() for p in trained]
+
+    got = logits_and_grads(lambda x: stage(x)["shape"])
+    expected = logits_and_grads(lambda x: as_teacher(engine.trunk.run_blocks(engine.trunk.stem(x), 0, 1)))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-4 * float(e.abs().max()))
+    for stage_name in engine.stage_names()[:-1]:
+        engine.finish_stage(stage_name, {})
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in engine.student().branches["tags"].tail.modules())
+
+
 def test_a_teacher_runner_answers_as_its_teacher_does_hints_included():
     """The runner answers from a folded, channels_last copy: the same logits and kept hint
     channels as the teacher itself (to float rounding), in NCHW order, and the teacher keeps
     its BatchNorms for the student's branch tails."""
     metas, teachers = pool({"a": (BackboneSpec(arch="resnet18", width=0.25), (SHAPE, TAGS))})
-    for norm in teachers["a"].modules():
-        if isinstance(norm, torch.nn.BatchNorm2d):
-            norm.running_var.uniform_(0.5, 2.0)
-            norm.running_mean.uniform_(-0.5, 0.5)
+    with_trained_batchnorms(teachers["a"])
     spec = job(metas, ("shape", "tags"), hint=HintSpec(enabled=True, keep_fraction=0.25))
     plan = make_plan(spec, metas)
     plan = plan.with_hint_channels(rank_hint_channels(plan, teachers, images(8), keep_fraction=0.25))
