@@ -151,7 +151,8 @@ class Amalgamator:
         for teacher in self.teachers.values():
             teacher.requires_grad_(False).eval().to(self.device, memory_format=torch.channels_last)
         # Block stages run and backpropagate through frozen teacher tails: BatchNorm folded away.
-        self._frozen_teachers = {name: inference_copy(teacher) for name, teacher in self.teachers.items()}
+        tail_teachers = {branch_teacher(plan, task) for task in plan.task_names} if block_stages else set()
+        self._frozen_teachers = {name: inference_copy(self.teachers[name]) for name in tail_teachers}
         normalization = student_normalization(plan)
         self._mean = torch.tensor(normalization.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(normalization.std, device=self.device).view(1, 3, 1, 1)
